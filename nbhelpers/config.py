@@ -1,0 +1,152 @@
+"""Every training parameter in one place, with the seed's names and defaults.
+
+papermill hands `-p` values over as str, int, float or bool, so each value is
+converted where that is unambiguous ("60" -> 60, "true" -> True) and checked;
+a bad one raises ConfigError naming the parameter, the value and what is
+allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+AUTO = "auto"
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+class ConfigError(ValueError):
+    """A training parameter has a value that is not allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # The seed's recipe
+    num_epochs: int = 60              # passes over the training set
+    batch_size: int = 128             # images per gradient step
+    learning_rate: float = 1e-3       # Ranger's lr before OneCycleLR takes over
+    weight_decay: float = 1e-2        # Ranger's decoupled-style decay: p -= wd * lr * p
+    max_lr: float = 0.1               # OneCycleLR's peak; it starts at max_lr / 25
+    num_blocks: int = 3               # blocks in the backbone
+    num_conv_layer: int = 3           # parallel conv branches per block
+    backbone_out_channels: int = 1024 # channels of every branch
+    hidden_size: int = 512            # width of the classifier's hidden layers
+    rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order
+    # Data and where results go
+    data_dir: str = ""                # "" = $CIFAR10_ROOT, else the project's data/
+    run_dir: str = ""                 # "" = runs/<date-time> (with resume: the latest run)
+    train_subset: int = 0             # first N training images, class-balanced; 0 = all
+    test_subset: int = 0              # first N test images, class-balanced; 0 = all
+    val_size: int = 0                 # validation images carved from training; 0 = none (the seed)
+    # How it runs
+    scheduler_step: str = "batch"     # "batch"; "epoch" repeats the seed's once-per-epoch bug
+    precision: str = AUTO             # "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp32"
+    compile: Any = AUTO               # torch.compile the model: "auto" (on for CUDA), True, False
+    channels_last: Any = AUTO         # NHWC memory layout: "auto" (on for CUDA), True, False
+    deterministic: bool = False       # deterministic cuDNN (the seed's choice; slower)
+    resume: bool = False              # continue from run_dir's checkpoint
+    progress: str = AUTO              # "auto", "bar", "log" (a line per epoch), "none"
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            setattr(self, field.name, _check(field.name, getattr(self, field.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolved(self, device: torch.device) -> dict[str, Any]:
+        """The "auto" choices made concrete for `device`."""
+        cuda = device.type == "cuda"
+        return {
+            "precision": ("bf16" if cuda else "fp32") if self.precision == AUTO else self.precision,
+            "compile": cuda if self.compile == AUTO else self.compile,
+            "channels_last": cuda if self.channels_last == AUTO else self.channels_last,
+        }
+
+
+# What each parameter accepts: (kind, detail). Kinds: int/float with a
+# minimum, a choice among strings, a bool, a bool or "auto", a path string.
+_RULES: dict[str, tuple[str, Any]] = {
+    "num_epochs": ("int", 1), "batch_size": ("int", 1), "num_blocks": ("int", 1),
+    "num_conv_layer": ("int", 1), "backbone_out_channels": ("int", 1),
+    "hidden_size": ("int", 1), "rand_seed": ("int", 0), "train_subset": ("int", 0),
+    "test_subset": ("int", 0), "val_size": ("int", 0),
+    "learning_rate": ("float", "positive"), "max_lr": ("float", "positive"),
+    "weight_decay": ("float", "non-negative"),
+    "scheduler_step": ("choice", ("batch", "epoch")),
+    "precision": ("choice", (AUTO, "bf16", "fp32")),
+    "progress": ("choice", (AUTO, "bar", "log", "none")),
+    "compile": ("bool_or_auto", None), "channels_last": ("bool_or_auto", None),
+    "deterministic": ("bool", None), "resume": ("bool", None),
+    "data_dir": ("path", None), "run_dir": ("path", None),
+}
+
+
+def _fail(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+
+
+def _as_bool(name: str, value: Any, allowed: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _fail(name, value, allowed)
+
+
+def _check(name: str, value: Any) -> Any:
+    kind, detail = _RULES[name]
+    if kind == "int":
+        allowed = f"an integer >= {detail}"
+        if isinstance(value, bool):
+            raise _fail(name, value, allowed)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise _fail(name, value, allowed) from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or value < detail:
+            raise _fail(name, value, allowed)
+        return value
+    if kind == "float":
+        allowed = f"a {detail} number"
+        if isinstance(value, bool):
+            raise _fail(name, value, allowed)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise _fail(name, value, allowed) from None
+        if number != number or number in (float("inf"), float("-inf")) or \
+                number < 0 or (detail == "positive" and number == 0):
+            raise _fail(name, value, allowed)
+        return number
+    if kind == "choice":
+        if isinstance(value, str) and value.strip().lower() in detail:
+            return value.strip().lower()
+        raise _fail(name, value, "one of " + ", ".join(repr(c) for c in detail))
+    if kind == "bool":
+        return _as_bool(name, value, "True or False")
+    if kind == "bool_or_auto":
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        return _as_bool(name, value, "'auto', True or False")
+    if not isinstance(value, str):  # path
+        value = str(value) if hasattr(value, "__fspath__") else value
+    if not isinstance(value, str):
+        raise _fail(name, value, "a folder path (a string; '' for the default)")
+    return value
+
+
+def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """A checked TrainConfig: `config` (or the defaults) with `overrides` applied."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown training parameter(s): {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+    base = config.to_dict() if config is not None else {}
+    return TrainConfig(**{**base, **overrides})

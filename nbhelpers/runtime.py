@@ -1,0 +1,58 @@
+"""Where things live, which device to use, and how to make a run repeatable.
+
+Every notebook's first code cell calls `seed_everything` and `pick_device`,
+so that these decisions are made once, here, and not copied between notebooks.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The checkout this package was installed from (an editable install, as the
+# README sets up). Installed elsewhere, paths fall back to the working folder.
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").exists() else Path.cwd()
+DATA_DIR = PROJECT_ROOT / "data"
+RUNS_DIR = PROJECT_ROOT / "runs"
+FIGURES_DIR = PROJECT_ROOT / "figures"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (every CUDA device too).
+
+    With `deterministic=True`, cuDNN also picks deterministic algorithms and
+    stops benchmarking, so two runs on one GPU give the same numbers. That is
+    what the seed did, and it is slower: leave it off when speed matters.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA devices as well
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """The fastest device here: CUDA, then Apple's MPS, then the CPU.
+
+    `preferred` (or the environment variable NBHELPERS_DEVICE) overrides the
+    choice, for example "cpu" to compare against a GPU run.
+    """
+    name = preferred or os.environ.get("NBHELPERS_DEVICE")
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device, for logs and config.json."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
