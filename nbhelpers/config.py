@@ -36,6 +36,7 @@ class TrainConfig:
     rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order
     # Data and where results go
     data_dir: str = ""                # "" = $CIFAR10_ROOT, else the project's data/
+    download: bool = False            # fetch the official archive if CIFAR-10 is missing
     run_dir: str = ""                 # "" = runs/<date-time> (with resume: the latest run)
     train_subset: int = 0             # first N training images, class-balanced; 0 = all
     test_subset: int = 0              # first N test images, class-balanced; 0 = all
@@ -79,7 +80,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "precision": ("choice", (AUTO, "bf16", "fp32")),
     "progress": ("choice", (AUTO, "bar", "log", "none")),
     "compile": ("bool_or_auto", None), "channels_last": ("bool_or_auto", None),
-    "deterministic": ("bool", None), "resume": ("bool", None),
+    "deterministic": ("bool", None), "resume": ("bool", None), "download": ("bool", None),
     "data_dir": ("path", None), "run_dir": ("path", None),
 }
 
@@ -98,6 +99,7 @@ def _as_bool(name: str, value: Any, allowed: str) -> bool:
 
 def _check(name: str, value: Any) -> Any:
     kind, detail = _RULES[name]
+    original = value  # errors quote what the user passed, not what it became
     if kind == "int":
         allowed = f"an integer >= {detail}"
         if isinstance(value, bool):
@@ -110,7 +112,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or value < detail:
-            raise _fail(name, value, allowed)
+            raise _fail(name, original, allowed)
         return value
     if kind == "float":
         allowed = f"a {detail} number"

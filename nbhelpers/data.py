@@ -41,8 +41,8 @@ PAD = 4  # pixels of zero padding around each image before the random 32x32 crop
 IMAGE_SIZE = 32
 
 HOW_TO_FIX = (
-    "To fix it: delete that folder and call load_cifar10(download=True) on a machine "
-    "with a network (it fetches the official archive), or, without a network, run "
+    "To fix it: remove any damaged copy and call load_cifar10(download=True) on a "
+    "machine with a network (it fetches the official archive), or, without a network, run "
     "`python3 ../shared/data/build_cifar10.py {root}`, or point CIFAR10_ROOT at a "
     "folder that holds {folder}/."
 )
@@ -88,6 +88,7 @@ def fetch_cifar10(root: Path) -> None:
     """Download the official archive (md5 checked by torchvision) and unpack it safely."""
     url, filename, md5 = (_TorchvisionCIFAR10.url, _TorchvisionCIFAR10.filename,
                           _TorchvisionCIFAR10.tgz_md5)
+    root.mkdir(parents=True, exist_ok=True)
     try:
         download_url(url, str(root), filename, md5)
     except (urllib.error.URLError, OSError) as exc:
@@ -98,8 +99,14 @@ def fetch_cifar10(root: Path) -> None:
                            f"({exc})") from exc
     # The "data" filter refuses absolute paths, links out of root and device
     # files: an archive cannot write outside the data folder.
-    with tarfile.open(root / filename, "r:gz") as archive:
-        archive.extractall(root, filter="data")
+    try:
+        with tarfile.open(root / filename, "r:gz") as archive:
+            archive.extractall(root, filter="data")
+    except tarfile.FilterError as exc:
+        raise _error(root, f"{root / filename} is unsafe: {exc}; nothing outside {root} "
+                           "was written") from exc
+    except (tarfile.TarError, EOFError) as exc:
+        raise _error(root, f"{root / filename} does not unpack ({exc})") from exc
 
 
 # --------------------------------------------------------------------------

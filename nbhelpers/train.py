@@ -39,7 +39,7 @@ EVAL_BATCH_SIZE = 1000  # evaluation needs no gradients: large batches, few laun
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 # Parameters that may differ between a run and its resumption: they change
 # where things are or how progress looks, not what is computed.
-RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "compile"}
+RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile"}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -96,6 +96,7 @@ def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
     for _ in range(config.num_epochs):
         for _ in range(steps_per_epoch):
             rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # a no-op without gradients; the scheduler expects it first
             if config.scheduler_step == "batch":
                 scheduler.step()
         if config.scheduler_step == "epoch":
@@ -353,7 +354,7 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
     chosen = config.resolved(device)
     seed_everything(config.rand_seed, config.deterministic)
 
-    data = data or load_cifar10(config.data_dir or None)
+    data = data or load_cifar10(config.data_dir or None, config.download)
     splits = prepare_splits(data, config.train_subset, config.test_subset, config.val_size)
     train_loader = CifarLoader(splits.train, config.batch_size, train=True, device=device,
                                seed=config.rand_seed)

@@ -1,0 +1,96 @@
+"""nbhelpers.Model computes the seed's function and reads the seed's checkpoints."""
+import pytest
+import torch
+
+from nbhelpers import Model
+from nbhelpers.model import count_flops, count_parameters, format_layer_table, layer_table
+from nbhelpers.seed_reference import SeedModel
+
+SMALL = dict(num_blocks=3, input_channels=3, backbone_out_channels=16, num_conv_layer=3,
+             hidden_size=32, num_classes=10)
+
+
+def _seed_model_with_trained_looking_state(**sizes) -> SeedModel:
+    torch.manual_seed(0)
+    seed = SeedModel(**sizes)
+    for module in seed.modules():  # BatchNorm at init is the identity: give it real statistics
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+            module.num_batches_tracked.fill_(7)
+    return seed
+
+
+@pytest.mark.parametrize("sizes", [SMALL, dict(SMALL, num_blocks=2, num_conv_layer=4, num_classes=7)])
+def test_eval_output_equals_the_seed_model(sizes):
+    seed = _seed_model_with_trained_looking_state(**sizes).eval()
+    ours = Model(**sizes)
+    ours.load_seed_state_dict(seed.state_dict())
+    ours.eval()
+    images = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = seed(images), ours(images)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert int(ours.backbone.blocks[0].bn.num_batches_tracked) == 7
+
+
+def test_training_mode_forward_and_gradients_equal_the_seed_model():
+    seed = _seed_model_with_trained_looking_state(**SMALL).train()
+    ours = Model(**SMALL).train()
+    ours.load_seed_state_dict(seed.state_dict())
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    losses = []
+    for model in (seed, ours):
+        torch.manual_seed(5)  # the same dropout masks
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    seed_conv_grads = torch.cat([seed.backbone.blocks[1].convs[j][0].weight.grad for j in range(3)])
+    assert torch.allclose(ours.backbone.blocks[1].conv.weight.grad, seed_conv_grads, rtol=1e-4, atol=1e-7)
+
+
+def test_default_sizes_have_no_dead_branch_and_the_seed_flops():
+    with torch.device("meta"):
+        model = Model()
+        seed = SeedModel(3, 3, 1024, 3, 512, 10)
+    assert count_parameters(model) == 57_534_492
+    assert count_parameters(seed) == 85_855_260
+    assert count_parameters(seed) - count_parameters(model) == 3 * (1024 * 1024 * 9 + 1024 + 2 * 1024)  # the dead branches: 28.3M
+    flops = count_flops(model)
+    assert round(flops["forward"] / 1e9, 1) == 18.3
+    assert round(flops["train_step"] / 1e9, 1) == 54.7
+
+
+def test_layer_table_lists_shapes_and_parameters():
+    rows = layer_table(Model(**SMALL))
+    by_name = {r.name: r for r in rows}
+    assert by_name["backbone.blocks.0.conv"].output_shape == (1, 48, 32, 32)
+    assert by_name["backbone.blocks.2.pool"].output_shape == (1, 48, 4, 4)
+    assert by_name["classifier.mlp.8"].output_shape == (1, 10)
+    assert sum(r.parameters for r in rows) == count_parameters(Model(**SMALL))
+    assert "total" in format_layer_table(rows)
+
+
+def test_default_arguments_are_the_seeds():
+    with torch.device("meta"):  # shapes only: the full model would cost 230 MB here
+        assert Model().sizes == dict(num_blocks=3, input_channels=3, backbone_out_channels=1024,
+                                     num_conv_layer=3, hidden_size=512, num_classes=10)
+    with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
+        Model(num_blocks=0)
+
+
+def test_state_dicts_that_do_not_fit_are_refused_with_the_differences():
+    seed_state = _seed_model_with_trained_looking_state(**SMALL).state_dict()
+    with pytest.raises(ValueError, match=r"shapes that differ: .*checkpoint \(48, 3, 3, 3\), model \(96, 3, 3, 3\)"):
+        Model(**dict(SMALL, backbone_out_channels=32)).load_seed_state_dict(seed_state)
+    missing = {k: v for k, v in seed_state.items() if k != "classifier.mlp.4.weight"}
+    with pytest.raises(ValueError, match=r"missing .*classifier\.mlp\.4\.weight"):
+        Model(**SMALL).load_seed_state_dict(missing)
+    extra = dict(seed_state, **{"backbone.blocks.9.linear.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unexpected .*backbone\.blocks\.9\.linear\.weight"):
+        Model(**SMALL).load_seed_state_dict(extra)
+    without_dead_branch = {k: v for k, v in seed_state.items() if ".convs.3." not in k}
+    Model(**SMALL).load_seed_state_dict(without_dead_branch)  # the dead branch is optional

@@ -1,0 +1,180 @@
+"""fit, run folders, exact resume, safe failure, and the evaluation helpers."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import OneCycleLR
+
+from nbhelpers import train as T
+from nbhelpers.config import ConfigError, make_config
+from nbhelpers.ranger import Ranger
+
+# A small width and batch: seconds per epoch on a CPU.
+SMALL = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, progress="none",
+             deterministic=True)
+
+
+def _rows(run_dir, drop=("seconds",)):
+    with open(run_dir / T.HISTORY, newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
+
+
+def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthetic_data, tmp_path):
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["test_acc"] > 40  # chance is 10%
+    folder = tmp_path / "run"
+    assert {p.name for p in folder.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "model.pt"}
+    info = json.loads((folder / "config.json").read_text())
+    assert info["config"]["num_epochs"] == 2 and info["resolved"]["precision"] == "fp32"
+    assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+    assert info["data"]["fingerprint"] == synthetic_data.fingerprint and info["data"]["train"] == 2000
+    assert list(_rows(folder, drop=())[0]) == ["epoch", "train_loss", "train_acc", "test_loss",
+                                                "test_acc", "lr", "seconds"]
+    checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    final = torch.load(folder / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_two_epochs_straight_equal_one_epoch_then_resume(synthetic_data, tmp_path):
+    T.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **SMALL)
+    first = T.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, stop_after=1, **SMALL)
+    assert len(first.history) == 1 and not (tmp_path / "resumed" / "model.pt").exists()
+    T.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, resume=True, **SMALL)
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "resumed")
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_the_same_seed_twice_gives_identical_history(synthetic_data, tmp_path):
+    for name in ("a", "b"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / name, num_epochs=1, **SMALL)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    T.fit(data=synthetic_data, run_dir=tmp_path / "c", num_epochs=1, **dict(SMALL, rand_seed=7))
+    assert _rows(tmp_path / "a") != _rows(tmp_path / "c")
+
+
+def test_validation_split_is_measured(synthetic_data, tmp_path):
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, val_size=200,
+                train_subset=1000, **SMALL)
+    assert {"val_loss", "val_acc"} <= set(run.history[0])
+
+
+KILLED_RUN = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from nbhelpers.train import fit
+fit(data_dir=sys.argv[1], run_dir=sys.argv[2], num_epochs=3, resume=sys.argv[3] == "resume",
+    backbone_out_channels=16, hidden_size=32, batch_size=8, progress="none", deterministic=True)
+"""
+
+
+def test_a_run_killed_mid_epoch_leaves_a_checkpoint_that_resumes(synthetic_root, tmp_path):
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, NBHELPERS_DEVICE="cpu")
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(synthetic_root), str(run_dir), "new"], env=env)
+    deadline = time.time() + 300
+    while not (run_dir / "history.csv").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before epoch 1 was saved"
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside epoch 2 (an epoch takes several seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(_rows(run_dir)) == 1, "the kill should land in epoch 2"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    subprocess.run([sys.executable, "-c", KILLED_RUN, str(synthetic_root), str(run_dir), "resume"],
+                   env=env, check=True)
+    assert [row["epoch"] for row in _rows(run_dir)] == ["1", "2", "3"]
+    assert (run_dir / "model.pt").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_clearly(synthetic_data, tmp_path):
+    T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **SMALL)
+    with pytest.raises(T.ResumeError, match="backbone_out_channels: checkpoint 16, now 32"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True,
+              **dict(SMALL, backbone_out_channels=32))
+    with pytest.raises(T.ResumeError, match="already holds a run"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+    with pytest.raises(T.ResumeError, match="nothing to resume"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / "empty", num_epochs=2, resume=True, **SMALL)
+
+
+def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
+        synthetic_data, tmp_path, monkeypatch):
+    steps = {"count": 0}
+    original = Ranger.step
+
+    def poisoning_step(self, closure=None):
+        result = original(self, closure)
+        steps["count"] += 1
+        if steps["count"] == 63 + 5:  # epoch 2 has 63 steps of 32 images; poison its 5th
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(Ranger, "step", poisoning_step)
+    with pytest.raises(T.TrainingDiverged, match=r"at epoch 2, step 6 of 63"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **SMALL)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert len(_rows(tmp_path / "run")) == 1
+
+
+def test_per_batch_learning_rates_follow_one_cycle(synthetic_data, tmp_path):
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=640, **SMALL)
+    steps = 2 * 20
+    reference_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    reference = OneCycleLR(reference_optimizer, max_lr=0.1, total_steps=steps, anneal_strategy="linear")
+    expected = []
+    for _ in range(steps):
+        expected.append(reference_optimizer.param_groups[0]["lr"])
+        reference_optimizer.step()
+        reference.step()
+    assert run.step_lrs == pytest.approx(expected, rel=1e-12)
+    assert max(run.step_lrs) == pytest.approx(0.1, rel=0.05) and run.step_lrs[0] == pytest.approx(0.004)
+    assert run.step_lrs == T.learning_rates(run.config, 20)
+
+
+def test_seed_mode_reproduces_the_seeds_learning_rates():
+    rates = T.learning_rates(make_config(scheduler_step="epoch"), steps_per_epoch=391)
+    per_epoch = rates[::391]
+    assert len(per_epoch) == 60 and len(set(rates[:391])) == 1  # constant within an epoch
+    assert per_epoch[0] == pytest.approx(0.004)
+    rises = [b - a for a, b in zip(per_epoch, per_epoch[1:])]
+    assert all(r == pytest.approx(1.364e-5, rel=0.01) for r in rises)
+    assert per_epoch[-1] == pytest.approx(0.0048, abs=1e-4)
+
+
+def test_evaluation_helpers():
+    logits = torch.tensor([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 9.0], [5.0, 0, 0], [0, 1.0, 0]])
+    labels = torch.tensor([0, 1, 1, 2, 1])
+    predictions = logits.argmax(dim=1)
+    assert T.accuracy(predictions, labels) == pytest.approx(60.0)
+    assert T.confusion_matrix(predictions, labels, 3).tolist() == [[1, 0, 0], [0, 2, 1], [1, 0, 0]]
+    assert T.per_class_accuracy(predictions, labels, 3).tolist() == pytest.approx([100.0, 200 / 3, 0.0])
+    assert T.most_confident_mistakes(logits, labels).tolist() == [2, 3]
+
+
+def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, train_subset=320, **SMALL)
+    loaded = T.load_run(tmp_path / "run", device="cpu")
+    assert loaded.classes == synthetic_data.classes and len(loaded.history) == 1
+    images = synthetic_data.test
+    assert torch.equal(T.infer(loaded.model, images), T.infer(run.model, images))
+    assert T.evaluate(loaded.model, images, "cpu")["acc"] == pytest.approx(loaded.history[0]["test_acc"])
+
+
+def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, capsys):
+    T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=320,
+          **dict(SMALL, progress="log"))
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("epoch   2/2 | train loss") and err == ""
