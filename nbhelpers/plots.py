@@ -1,0 +1,191 @@
+"""The figures of the series. Each function returns a matplotlib Figure; `save` writes PNGs.
+
+Images are shown from their uint8 pixels (or un-normalized), never as the
+normalized tensors the model sees: those lie in -1..1 and matplotlib would
+clip them (the seed's clipping warnings).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .runtime import PROJECT_ROOT
+
+MISTAKE, CORRECT = "tab:red", "tab:green"
+
+
+def save(fig: Figure, name: str, *folders: str | Path | None) -> None:
+    """Write `fig` as NAME.png into every folder given (relative ones under the project)."""
+    for folder in folders:
+        if folder in (None, ""):
+            continue
+        folder = Path(folder)
+        folder = folder if folder.is_absolute() else PROJECT_ROOT / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+
+
+def _as_hwc(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) uint8 or 0..1 float to an (H, W, 3) array imshow takes without clipping."""
+    array = image.detach().cpu()
+    if array.is_floating_point():
+        array = array.clamp(0, 1)
+    return array.permute(1, 2, 0).numpy()
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8,
+               colors: Sequence[str] | None = None, size: float = 1.5, suptitle: str = "") -> Figure:
+    """Images in a grid, each with an optional title (coloured, e.g. red for mistakes)."""
+    nrows = max(1, -(-len(images) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(images):
+            continue
+        ax.imshow(_as_hwc(images[index]), interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=8,
+                         color=colors[index] if colors is not None else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def class_examples(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                   per_class: int = 8) -> Figure:
+    """The first `per_class` images of every class, one row per class, names on the left."""
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.15))
+    for row, name in enumerate(classes):
+        picks = torch.nonzero(labels == row).flatten()[:per_class]
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(picks):
+                ax.imshow(_as_hwc(images[picks[col]]), interpolation="nearest")
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def class_balance(counts: dict[str, Sequence[int]], classes: Sequence[str]) -> Figure:
+    """Images per class for each split, as grouped bars."""
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    width = 0.8 / len(counts)
+    x = np.arange(len(classes))
+    for i, (split, values) in enumerate(counts.items()):
+        bars = ax.bar(x + i * width, values, width, label=split)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x + width * (len(counts) - 1) / 2, classes, rotation=30)
+    ax.set_ylabel("images")
+    ax.set_title("Images per class")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss, accuracy and learning rate per epoch, for every split measured."""
+    epochs = [row["epoch"] for row in history]
+    splits = [s for s in ("train", "val", "test") if f"{s}_loss" in history[0]]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for split in splits:
+        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], marker=".", label=split)
+        axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", label=split)
+    axes[2].plot(epochs, [r["lr"] for r in history], marker=".", color="tab:purple")
+    for ax, title, ylabel in zip(axes, ("Loss", "Accuracy", "Learning rate (first step of each epoch)"),
+                                 ("cross-entropy", "accuracy (%)", "lr")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[1].legend()
+    last = history[-1]
+    axes[1].annotate(f"final test {last['test_acc']:.2f}%", (last["epoch"], last["test_acc"]),
+                     textcoords="offset points", xytext=(-90, -25), fontsize=8,
+                     arrowprops=dict(arrowstyle="->"))
+    fig.tight_layout()
+    return fig
+
+
+def learning_rate_schedules(schedules: dict[str, Sequence[float]], steps_per_epoch: int) -> Figure:
+    """Learning rate against epochs for several schedules (e.g. per batch vs the seed's per epoch)."""
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for label, rates in schedules.items():
+        ax.plot(np.arange(len(rates)) / steps_per_epoch, rates, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title("OneCycleLR: stepped per batch vs once per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(counts: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Rows: true class; columns: predicted class; each cell a share of its row."""
+    shares = (counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), value in np.ndenumerate(shares):
+        ax.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                color="white" if value > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (% of each true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(accuracies: torch.Tensor, classes: Sequence[str], overall: float) -> Figure:
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    bars = ax.bar(classes, accuracies.tolist(), color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.2f}%")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Test accuracy per class")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                    classes: Sequence[str], confidences: torch.Tensor | None = None,
+                    ncols: int = 8, suptitle: str = "") -> Figure:
+    """Images with predicted and true class names; mistakes in red, correct in green."""
+    titles, colors = [], []
+    for i, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist())):
+        confidence = f" {100 * confidences[i]:.0f}%" if confidences is not None else ""
+        if label == prediction:
+            titles.append(f"{classes[prediction]}{confidence}")
+            colors.append(CORRECT)
+        else:
+            titles.append(f"{classes[prediction]}{confidence}\n(true: {classes[label]})")
+            colors.append(MISTAKE)
+    return image_grid(images, titles, ncols=ncols, colors=colors, size=1.6, suptitle=suptitle)
+
+
+def branch_weights(weights: torch.Tensor, titles: Sequence[str]) -> Figure:
+    """Each image's mixing weights over the branches of one block, as a bar chart."""
+    count, branches = weights.shape
+    fig, ax = plt.subplots(figsize=(9, 3))
+    width = 0.8 / branches
+    for b in range(branches):
+        ax.bar(np.arange(count) + b * width, weights[:, b].tolist(), width, label=f"branch {b}")
+    ax.set_xticks(np.arange(count) + width * (branches - 1) / 2, titles, rotation=30, fontsize=8)
+    ax.set_ylabel("weight a[b, i]")
+    ax.set_title("Per-image branch weights in block 1 (untrained model)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

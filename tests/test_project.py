@@ -1,0 +1,83 @@
+"""The project's promises about itself: environment files agree, notebooks are clean and parameterized."""
+import ast
+import re
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from papermill.translators import PythonTranslator
+
+from nbhelpers.config import TrainConfig
+from nbhelpers.series import NOTEBOOKS, NOTEBOOKS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's
+
+
+def _requirement(spec: str) -> tuple[str, str]:
+    name, _, version = re.match(r"([A-Za-z0-9_.\-]+)(\[.*\])?\s*(.*)", spec).groups()
+    return name.lower(), version.replace(" ", "")
+
+
+def test_environment_yml_describes_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(_requirement(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"])
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, []
+    for entry in environment["dependencies"]:
+        if isinstance(entry, dict):
+            pip = entry["pip"]
+        else:
+            name, version = _requirement(entry)
+            conda[CONDA_NAMES.get(name, name)] = version
+    assert conda.pop("python") == ">=3.11" and project["requires-python"] == ">=3.11"
+    conda.pop("pip")
+    listed = dict(conda, **dict(_requirement(s) for s in pip if not s.startswith("-e")))
+    assert listed == wanted
+    assert "-e .[dev]" in pip
+
+
+def _notebook(name):
+    return nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_are_committed_without_outputs_but_for_checked_cells(name):
+    for cell in _notebook(name).cells:
+        if cell.cell_type != "code":
+            continue
+        if "NBVAL_CHECK_OUTPUT" in cell.source:
+            assert cell.outputs, "a checked cell needs its expected output committed"
+        else:
+            assert not cell.outputs and cell.execution_count is None
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_start_with_parameters_then_seed_and_device(name):
+    notebook = _notebook(name)
+    assert notebook.metadata.kernelspec.name == "python3"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert "seed_everything(" in code[1].source and "pick_device(" in code[1].source
+    # papermill reads every parameter line (a second "=" on a line hides it)
+    names = [p.name for p in PythonTranslator.inspect(code[0])]
+    assert len(names) == len([l for l in code[0].source.splitlines() if l.strip()])
+
+
+def test_the_training_notebook_holds_every_parameter_with_the_config_defaults():
+    cell = next(c for c in _notebook("03_train").cells if c.cell_type == "code")
+    values = {p.name: ast.literal_eval(p.default) for p in PythonTranslator.inspect(cell)}
+    defaults = TrainConfig().to_dict()
+    assert {k: values[k] for k in defaults} == defaults
+    assert set(values) - set(defaults) == {"figures_dir"}
+    assert all(p.help for p in PythonTranslator.inspect(cell)), "each parameter has a comment"
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "papermill notebooks/03_train.ipynb out.ipynb -p num_epochs 60" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
