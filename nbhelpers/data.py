@@ -317,23 +317,31 @@ def pad_images(images: torch.Tensor, pad: int = PAD) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
-def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Made once per device: a fresh host tensor per batch would mean a
-    # host-to-device copy, and a stall, at every step.
-    return (torch.tensor(MEAN, device=device).view(1, -1, 1, 1),
-            torch.tensor(STD, device=device).view(1, -1, 1, 1))
+def _scale_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """normalize as x * scale + shift, per channel: scale = 1 / (255 std), shift = -mean / std.
+
+    Made once per device: a fresh host tensor per batch would mean a
+    host-to-device copy, and a stall, at every step.
+    """
+    mean = torch.tensor(MEAN, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, -1, 1, 1)
+    return 1 / (255 * std), -mean / std
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to the seed's float input: ToTensor (x / 255), then (x - mean) / std."""
-    mean, std = _mean_std(images.device)
-    return (images.float() / 255 - mean) / std
+    """uint8 images to the seed's float input: ToTensor (x / 255), then (x - mean) / std.
+
+    One fused multiply-add over the batch instead of four passes; the result
+    differs from torchvision's by at most a rounding step.
+    """
+    scale, shift = _scale_shift(images.device)
+    return torch.addcmul(shift, images.float(), scale)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """The inverse of `normalize`, as floats in 0..1, ready for imshow."""
-    mean, std = _mean_std(images.device)
-    return (images * std + mean).clamp(0, 1)
+    scale, shift = _scale_shift(images.device)
+    return ((images - shift) / (255 * scale)).clamp(0, 1)
 
 
 class CifarLoader:

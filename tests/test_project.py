@@ -50,7 +50,7 @@ def test_notebooks_are_committed_without_outputs_but_for_checked_cells(name):
         if cell.cell_type != "code":
             continue
         if "NBVAL_CHECK_OUTPUT" in cell.source:
-            assert cell.outputs, "a checked cell needs its expected output committed"
+            assert cell.outputs and cell.execution_count, "a checked cell needs its expected output committed"
         else:
             assert not cell.outputs and cell.execution_count is None
 

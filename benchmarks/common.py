@@ -1,0 +1,89 @@
+"""Shared pieces of the benchmark scripts: data, timing, the seed's DataLoader, results."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision import transforms
+
+from nbhelpers.data import (CIFAR10DataError, FOLDER, UnofficialCopyWarning, load_cifar10,
+                            write_synthetic_cifar10)
+from nbhelpers.runtime import PROJECT_ROOT, device_name
+
+RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+
+
+def cifar10(allow_synthetic: bool = True):
+    """The real CIFAR-10 copy if there is one; else a synthetic one of the same size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnofficialCopyWarning)
+        try:
+            return load_cifar10()
+        except CIFAR10DataError:
+            if not allow_synthetic:
+                raise
+            root = PROJECT_ROOT / "build" / "synthetic-full"
+            if not (root / FOLDER).is_dir():
+                print(f"No CIFAR-10 found: writing a synthetic copy of its size to {root}")
+                write_synthetic_cifar10(root, train_per_class=5000, test_per_class=1000)
+            return load_cifar10(root)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(function, device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of `function()` after warm-up (device work included)."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class SeedCIFAR10(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR10 as the seed used it, also for a copy with unofficial md5 sums."""
+
+    _base = torchvision.datasets.CIFAR10
+    train_list = [[name, None] for name, _ in _base.train_list]  # md5 None: existence only
+    test_list = [[name, None] for name, _ in _base.test_list]
+    meta = dict(_base.meta, md5=None)
+
+
+def seed_train_loader(root: Path, batch_size: int = 128, workers: int = 2) -> torch.utils.data.DataLoader:
+    """The seed's training pipeline: PIL flip + padded crop + ToTensor + Normalize, 2 workers."""
+    transform = transforms.Compose([
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomCrop(32, padding=4),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    dataset = SeedCIFAR10(str(root), train=True, download=False, transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                       num_workers=workers)
+
+
+def machine(device: torch.device) -> dict:
+    return {"device": device_name(device), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+
+
+def write_results(name: str, results: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"results written to {path}")
+    return path
