@@ -7,13 +7,19 @@ the block's output is the weighted sum of the branches. The weights depend
 on the sample, so the block chooses, per image, which branch to listen to: a
 form of attention over branches.
 
-Compared with the seed's code the function is the same, but:
-- the branches are one convolution with num_conv_layer x the channels (and
-  one BatchNorm over them, which normalizes each channel on its own, just as
-  separate BatchNorms do): one large kernel instead of several small ones;
-- the seed's unused 4th branch is gone (28.3M parameters that forward never
+Compared with the seed's code the function and the parameter names are the
+same, but:
+- the seed's unused extra branch is gone (28.3M parameters that forward never
   touched), and so is torch.jit.fork, which ran the branches one after
-  another anyway. `load_seed_state_dict` still reads the seed's checkpoints.
+  another anyway; `load_seed_state_dict` still reads the seed's checkpoints;
+- each branch pools before its LeakyReLU: the activation is strictly
+  increasing, so max and LeakyReLU commute and the numbers are the same, on
+  a 4x smaller tensor;
+- the weighted sum accumulates in place instead of building a new tensor
+  per branch.
+(One convolution with 3x the channels instead of three was tried: under
+torch.compile on a GPU it is no faster, and on a CPU its 3x larger
+activations made a step about 30% slower.)
 """
 from __future__ import annotations
 
@@ -25,24 +31,32 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def conv_branch(in_channels: int, out_channels: int) -> nn.Sequential:
+    """conv3x3 -> BatchNorm -> MaxPool 2x2 -> LeakyReLU (the seed's order, pool moved first)."""
+    # Indices 0 and 1 (conv, BatchNorm) are the seed's, so its keys load as they are.
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                         nn.BatchNorm2d(out_channels), nn.MaxPool2d(2),
+                         nn.LeakyReLU(inplace=True))
+
+
 class BasicBlock(nn.Module):
     """`num_conv_layer` conv branches on one input, mixed by per-sample weights."""
 
     def __init__(self, in_channels: int, out_channels: int, num_conv_layer: int):
         super().__init__()
-        self.num_branches, self.out_channels = num_conv_layer, out_channels
         self.linear = nn.Linear(in_channels, num_conv_layer)
-        # Branch j owns output channels [j * out_channels, (j + 1) * out_channels).
-        self.conv = nn.Conv2d(in_channels, num_conv_layer * out_channels, 3, padding=1)
-        self.bn = nn.BatchNorm2d(num_conv_layer * out_channels)
-        self.pool = nn.MaxPool2d(2)
+        self.convs = nn.ModuleList(conv_branch(in_channels, out_channels)
+                                   for _ in range(num_conv_layer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = F.leaky_relu(self.linear(x.mean(dim=(2, 3))))          # (B, branches)
-        branches = self.pool(F.leaky_relu(self.bn(self.conv(x))))       # (B, branches*C, H/2, W/2)
-        batch, _, height, width = branches.shape
-        branches = branches.view(batch, self.num_branches, self.out_channels, height, width)
-        return (weights.view(batch, self.num_branches, 1, 1, 1) * branches).sum(dim=1)
+        mixed = None
+        for j, branch in enumerate(self.convs):
+            weight = weights[:, j].view(-1, 1, 1, 1)
+            out = branch(x)
+            # The first product is a new tensor; the others are added into it.
+            mixed = out * weight if mixed is None else mixed.addcmul_(out, weight)
+        return mixed
 
 
 class Backbone(nn.Module):
@@ -101,59 +115,33 @@ class Model(nn.Module):
     def load_seed_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load weights saved by the original notebook's Model.
 
-        The seed keeps each branch in `backbone.blocks.{i}.convs.{j}.{0,1}.*`
-        (conv, BatchNorm) and one more, unused branch `convs.{num_conv_layer}`,
-        which is skipped. Anything that does not fit raises a ValueError that
-        lists the missing and unexpected keys and the shapes that differ.
+        Its keys are this model's, plus the unused extra branch of every block
+        (`backbone.blocks.{i}.convs.{num_conv_layer}.*`), which is skipped.
+        Anything else that does not fit raises a ValueError listing the
+        missing and unexpected keys and the shapes that differ.
         """
-        self.load_state_dict(seed_to_fused_state_dict(state_dict, self.sizes["num_blocks"],
-                                                      self.sizes["num_conv_layer"],
-                                                      self.state_dict()))
+        dead = tuple(f"backbone.blocks.{i}.convs.{self.sizes['num_conv_layer']}."
+                     for i in range(self.sizes["num_blocks"]))
+        state = {k: v for k, v in state_dict.items() if not k.startswith(dead)}
+        target = self.state_dict()
+        missing = sorted(set(target) - set(state))
+        unexpected = sorted(set(state) - set(target))
+        wrong_shape = sorted(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)}"
+                             for k, v in state.items() if k in target and v.shape != target[k].shape)
+        if missing or unexpected or wrong_shape:
+            details = [f"{label}: {_first_few(items)}" for label, items in (
+                ("missing (in the model, not in the checkpoint)", missing),
+                ("unexpected (in the checkpoint, not in the model)", unexpected),
+                ("shapes that differ", wrong_shape)) if items]
+            sizes = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+            raise ValueError(f"This state dict does not fit the model ({sizes}). "
+                             + "; ".join(details))
+        self.load_state_dict(state)
 
 
-def seed_to_fused_state_dict(seed: dict[str, torch.Tensor], num_blocks: int, branches: int,
-                             target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename and stack the seed's per-branch tensors into this model's layout."""
-    seed, out, used = dict(seed), {}, set()
-
-    def take(key: str) -> torch.Tensor | None:
-        if key in seed:
-            used.add(key)
-            return seed[key]
-        return None
-
-    for i in range(num_blocks):
-        prefix = f"backbone.blocks.{i}"
-        for part in ("weight", "bias"):
-            out[f"{prefix}.linear.{part}"] = take(f"{prefix}.linear.{part}")
-        for ours, theirs, parts in (("conv", 0, ("weight", "bias")),
-                                    ("bn", 1, ("weight", "bias", "running_mean", "running_var"))):
-            for part in parts:
-                pieces = [take(f"{prefix}.convs.{j}.{theirs}.{part}") for j in range(branches)]
-                out[f"{prefix}.{ours}.{part}"] = (None if any(p is None for p in pieces)
-                                                  else torch.cat(pieces))
-        counts = [take(f"{prefix}.convs.{j}.1.num_batches_tracked") for j in range(branches)]
-        out[f"{prefix}.bn.num_batches_tracked"] = counts[0]
-        # The seed's dead branch: present in its checkpoints, never used.
-        used.update(k for k in seed if k.startswith(f"{prefix}.convs.{branches}."))
-    for key in target:
-        if key.startswith("classifier."):
-            out[key] = take(key)
-
-    missing = sorted(k for k, v in out.items() if v is None)
-    unexpected = sorted(set(seed) - used)
-    wrong_shape = sorted(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)}"
-                         for k, v in out.items()
-                         if v is not None and k in target and v.shape != target[k].shape)
-    if missing or unexpected or wrong_shape:
-        details = [f"{label}: {', '.join(items)}" for label, items in (
-            ("missing (in the model, not in the checkpoint)", missing),
-            ("unexpected (in the checkpoint, not in the model)", unexpected),
-            ("shapes that differ", wrong_shape)) if items]
-        raise ValueError("This state dict does not fit the model's sizes "
-                         f"(num_blocks={num_blocks}, num_conv_layer={branches}). "
-                         + "; ".join(details))
-    return out
+def _first_few(items: list[str], few: int = 4) -> str:
+    more = f" and {len(items) - few} more" if len(items) > few else ""
+    return ", ".join(items[:few]) + more
 
 
 # --------------------------------------------------------------------------

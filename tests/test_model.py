@@ -33,7 +33,7 @@ def test_eval_output_equals_the_seed_model(sizes):
     with torch.no_grad():
         expected, got = seed(images), ours(images)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert int(ours.backbone.blocks[0].bn.num_batches_tracked) == 7
+    assert int(ours.backbone.blocks[0].convs[2][1].num_batches_tracked) == 7
 
 
 def test_training_mode_forward_and_gradients_equal_the_seed_model():
@@ -48,8 +48,9 @@ def test_training_mode_forward_and_gradients_equal_the_seed_model():
         loss.backward()
         losses.append(loss)
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
-    seed_conv_grads = torch.cat([seed.backbone.blocks[1].convs[j][0].weight.grad for j in range(3)])
-    assert torch.allclose(ours.backbone.blocks[1].conv.weight.grad, seed_conv_grads, rtol=1e-4, atol=1e-7)
+    for j in range(3):
+        assert torch.allclose(ours.backbone.blocks[1].convs[j][0].weight.grad,
+                              seed.backbone.blocks[1].convs[j][0].weight.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_default_sizes_have_no_dead_branch_and_the_seed_flops():
@@ -67,8 +68,8 @@ def test_default_sizes_have_no_dead_branch_and_the_seed_flops():
 def test_layer_table_lists_shapes_and_parameters():
     rows = layer_table(Model(**SMALL))
     by_name = {r.name: r for r in rows}
-    assert by_name["backbone.blocks.0.conv"].output_shape == (1, 48, 32, 32)
-    assert by_name["backbone.blocks.2.pool"].output_shape == (1, 48, 4, 4)
+    assert by_name["backbone.blocks.0.convs.2.0"].output_shape == (1, 16, 32, 32)
+    assert by_name["backbone.blocks.2.convs.1.3"].output_shape == (1, 16, 4, 4)
     assert by_name["classifier.mlp.8"].output_shape == (1, 10)
     assert sum(r.parameters for r in rows) == count_parameters(Model(**SMALL))
     assert "total" in format_layer_table(rows)
@@ -84,7 +85,7 @@ def test_default_arguments_are_the_seeds():
 
 def test_state_dicts_that_do_not_fit_are_refused_with_the_differences():
     seed_state = _seed_model_with_trained_looking_state(**SMALL).state_dict()
-    with pytest.raises(ValueError, match=r"shapes that differ: .*checkpoint \(48, 3, 3, 3\), model \(96, 3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"shapes that differ: .*checkpoint \(16, 3, 3, 3\), model \(32, 3, 3, 3\).* and \d+ more"):
         Model(**dict(SMALL, backbone_out_channels=32)).load_seed_state_dict(seed_state)
     missing = {k: v for k, v in seed_state.items() if k != "classifier.mlp.4.weight"}
     with pytest.raises(ValueError, match=r"missing .*classifier\.mlp\.4\.weight"):
