@@ -40,18 +40,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(function, device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall seconds of `function()` after warm-up (device work included)."""
-    for _ in range(warmup):
-        function()
+def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: int = 2) -> dict:
+    """Median wall seconds of each function, timed in alternation (device work included).
+
+    Alternating A, B, A, B... spreads any slow phase of a shared machine over
+    every contender instead of charging it to whichever ran then.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
     synchronize(device)
-    times = []
+    times = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class SeedCIFAR10(torchvision.datasets.CIFAR10):

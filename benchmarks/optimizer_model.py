@@ -11,13 +11,14 @@ import copy
 
 import torch
 
-from common import machine, time_it, write_results
+from common import compare, machine, write_results
 from nbhelpers import Model, Ranger
 from nbhelpers.runtime import pick_device
 from nbhelpers.seed_reference import SeedModel, SeedRanger
 
 
-def optimizer_seconds(kind, model: torch.nn.Module, device, repeats: int) -> float:
+def optimizer_step(kind, model: torch.nn.Module, device):
+    """`step` of a `kind` optimizer on a copy of the model's parameters, gradients set."""
     model = copy.deepcopy(model)
     generator = torch.Generator(device=device).manual_seed(0)
     for p in model.parameters():
@@ -25,10 +26,10 @@ def optimizer_seconds(kind, model: torch.nn.Module, device, repeats: int) -> flo
     optimizer = kind(model.parameters(), lr=1e-3, weight_decay=1e-2)
     for _ in range(6):  # past RAdam's warm-up steps, so both take the rectified branch
         optimizer.step()
-    return time_it(optimizer.step, device, repeats=repeats, warmup=2)
+    return optimizer.step
 
 
-def forward_backward_seconds(model, device, batch: int, repeats: int) -> float:
+def forward_backward(model, device, batch: int):
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     model.train()
@@ -37,7 +38,7 @@ def forward_backward_seconds(model, device, batch: int, repeats: int) -> float:
         model.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(images), labels).backward()
 
-    return time_it(step, device, repeats=repeats, warmup=2)
+    return step
 
 
 def main() -> None:
@@ -56,17 +57,20 @@ def main() -> None:
 
     results = {"machine": machine(device), "sizes": sizes, "batch": args.batch,
                "parameter_tensors": len(list(ours.parameters()))}
-    fused = optimizer_seconds(Ranger, ours, device, args.repeats * 5)
-    per_parameter = optimizer_seconds(SeedRanger, ours, device, args.repeats * 5)
+    steps = compare({"multi": optimizer_step(Ranger, ours, device),
+                     "per_parameter": optimizer_step(SeedRanger, ours, device)},
+                    device, repeats=args.repeats * 10, warmup=5)
+    fused, per_parameter = steps["multi"], steps["per_parameter"]
     results["ranger_step"] = {"nbhelpers_s": fused, "per_parameter_s": per_parameter,
                               "speedup": per_parameter / fused}
     print(f"Ranger step on {results['parameter_tensors']} tensors: multi-tensor {fused * 1e3:.2f} ms, "
           f"per-parameter {per_parameter * 1e3:.2f} ms -> {per_parameter / fused:.1f}x")
 
-    ours_s = forward_backward_seconds(ours, device, args.batch, args.repeats)
-    seed_s = forward_backward_seconds(seed, device, args.batch, args.repeats)
+    passes = compare({"ours": forward_backward(ours, device, args.batch),
+                      "seed": forward_backward(seed, device, args.batch)}, device, args.repeats)
+    ours_s, seed_s = passes["ours"], passes["seed"]
     results["forward_backward"] = {"nbhelpers_s": ours_s, "seed_s": seed_s, "speedup": seed_s / ours_s}
-    print(f"forward+backward, batch {args.batch}, width {args.width}: fused {ours_s * 1e3:.1f} ms, "
+    print(f"forward+backward, batch {args.batch}, width {args.width}: nbhelpers {ours_s * 1e3:.1f} ms, "
           f"seed {seed_s * 1e3:.1f} ms -> {seed_s / ours_s:.2f}x")
     write_results(f"optimizer_model_{device.type}_w{args.width}", results)
 

@@ -13,10 +13,13 @@ centralization), written for current PyTorch:
 3. Lookahead: every k steps, the slow weights move alpha of the way towards
    the fast ones, and the fast weights restart from there.
 
-The update runs as a handful of multi-tensor (torch._foreach_*) kernels over
-all parameters at once instead of about fifteen small kernels per tensor.
-Only GC needs one reduction per centralized tensor. OneCycleLR may cycle
-beta1 through `betas`, as it does for Adam.
+The update runs on flat buffers: every parameter, and its three state
+tensors, is a view into one long tensor per cohort, so each line of the
+algorithm is one kernel over all parameters (about a dozen per step in all)
+instead of about fifteen small kernels per parameter tensor. Gradient
+centralization needs a mean per weight row; tensors whose rows have the same
+length are laid side by side, so that is one reduction per row length.
+OneCycleLR may cycle beta1 through `betas`, as it does for Adam.
 """
 from __future__ import annotations
 
@@ -60,8 +63,16 @@ class Ranger(Optimizer):
             for p in params:
                 cohorts.setdefault(self._state_of(p)["step"], []).append(p)
             for step, members in cohorts.items():
-                self._update(group, members, step + 1)
+                self._update(group, self._flat(members), step + 1)
         return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._flats = {}  # the loaded state is per tensor: lay it out flat again at the next step
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._flats = {}
 
     def _state_of(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -72,36 +83,136 @@ class Ranger(Optimizer):
             state["slow_buffer"] = p.detach().clone()  # Lookahead's slow weights
         return state
 
-    def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
+    def _flat(self, params: list[torch.Tensor]) -> "FlatCohort":
+        """The flat layout of these parameters, made again if anything moved them."""
+        if not hasattr(self, "_flats"):
+            self._flats = {}
+        key = tuple(map(id, params))
+        flat = self._flats.get(key)
+        if flat is None or not flat.intact():
+            # A tensor can be a view into one buffer only: drop every layout sharing one.
+            self._flats = {k: v for k, v in self._flats.items() if not set(k) & set(key)}
+            flat = self._flats[key] = FlatCohort(params, [self.state[p] for p in params])
+        return flat
+
+    def _update(self, group: dict, flat: "FlatCohort", step: int) -> None:
         beta1, beta2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
-        states = [self.state[p] for p in params]
-        grads = [centralized(p.grad, group["gc_conv_only"]) if group["use_gc"] else p.grad
-                 for p in params]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        grad = flat.gradients()
+        if group["use_gc"]:
+            flat.centralize(grad, group["gc_conv_only"])
+        flat.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        flat.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
 
         n_sma, step_size = rectification(step, beta1, beta2, group["N_sma_threshhold"])
+        param = flat.param
         if wd != 0:
-            torch._foreach_add_(params, params, alpha=-wd * lr)
+            param.add_(param, alpha=-wd * lr)
         if n_sma > group["N_sma_threshhold"]:
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size * lr)
+            denom = flat.exp_avg_sq.sqrt().add_(group["eps"])
+            param.addcdiv_(flat.exp_avg, denom, value=-step_size * lr)
         else:
-            torch._foreach_add_(params, exp_avgs, alpha=-step_size * lr)
-
-        for s in states:
-            s["step"] = step
+            param.add_(flat.exp_avg, alpha=-step_size * lr)
         if step % group["k"] == 0:
-            slow = [s["slow_buffer"] for s in states]
-            torch._foreach_add_(slow, torch._foreach_sub(params, slow), alpha=group["alpha"])
-            torch._foreach_copy_(params, slow)
+            flat.slow_buffer.add_(param - flat.slow_buffer, alpha=group["alpha"])
+            param.copy_(flat.slow_buffer)
+        for state in flat.states:
+            state["step"] = step
+
+
+class FlatCohort:
+    """Parameters and their Ranger state, each laid end to end in one flat buffer.
+
+    After construction every parameter's `.data`, and its state tensors, are
+    views into the buffers (with their own shapes and strides), so a single
+    kernel on a buffer updates all of them. Weights that gradient
+    centralization treats alike (conv weights, other matrices) and whose rows
+    have the same length are placed next to each other, so that one reduction
+    centralizes all of them.
+    """
+
+    STATE = ("exp_avg", "exp_avg_sq", "slow_buffer")
+
+    def __init__(self, params: list[torch.Tensor], states: list[dict]):
+        for p in params:
+            if not _is_dense(p):
+                p.data = p.data.contiguous()
+        order = sorted(range(len(params)), key=lambda i: _gc_key(params[i]))
+        self.params = [params[i] for i in order]
+        self.states = [states[i] for i in order]
+        self.offsets, offset = [], 0
+        for p in self.params:
+            self.offsets.append(offset)
+            offset += p.numel()
+        self.param = self._lay_out([p.detach() for p in self.params])
+        for p, view in zip(self.params, self._views(self.param)):
+            p.data = view
+        for name in self.STATE:
+            flat = self._lay_out([s[name] for s in self.states])
+            setattr(self, name, flat)
+            for state, view in zip(self.states, self._views(flat)):
+                state[name] = view
+        self._pointers = [p.data_ptr() for p in self.params]
+        self._contiguous = all(p.is_contiguous() for p in self.params)
+        self._runs = self._centralization_runs()
+
+    def _lay_out(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_memory_order(t, like=p) for t, p in zip(tensors, self.params)])
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat.as_strided(p.shape, p.stride(), offset)
+                for p, offset in zip(self.params, self.offsets)]
+
+    def intact(self) -> bool:
+        """False if something replaced a parameter's storage (e.g. model.to(...))."""
+        return all(p.data_ptr() == ptr for p, ptr in zip(self.params, self._pointers))
+
+    def gradients(self) -> torch.Tensor:
+        """All gradients in one flat tensor, in the buffers' order."""
+        if self._contiguous:
+            try:  # the common case, with the least Python per tensor
+                return torch.cat([p.grad.view(-1) for p in self.params])
+            except RuntimeError:  # a gradient in another layout than its parameter
+                pass
+        return torch.cat([_memory_order(p.grad, like=p) for p in self.params])
+
+    def _centralization_runs(self) -> list[tuple[int, int, int, int]]:
+        """(start, end, row length, kind) of each stretch of alike weights; kind 4 = conv."""
+        runs: list[list[int]] = []
+        for p, offset in zip(self.params, self.offsets):
+            kind, row = _gc_key(p)[:2]
+            if kind == 0 or p.numel() == 0:
+                continue
+            if runs and runs[-1][1] == offset and runs[-1][2:] == [row, kind]:
+                runs[-1][1] = offset + p.numel()
+            else:
+                runs.append([offset, offset + p.numel(), row, kind])
+        return [tuple(run) for run in runs]
+
+    def centralize(self, grad: torch.Tensor, conv_only: bool) -> None:
+        """Subtract from every weight row its mean: the seed's GC, one run at a time."""
+        for start, end, row, kind in self._runs:
+            if kind == 4 or not conv_only:
+                rows = grad[start:end].view(-1, row)
+                rows.sub_(rows.mean(dim=1, keepdim=True))
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The elements of `t` as a flat view in the memory order of `like` (copied if laid out otherwise)."""
+    if t.stride() != like.stride() or not _is_dense(t):
+        t = torch.empty_like(like).copy_(t)
+    return t.as_strided((t.numel(),), (1,))
+
+
+def _gc_key(p: torch.Tensor) -> tuple[int, int]:
+    """Sort key and GC class: (4 conv weight | 2 other matrix | 0 not centralized, row length)."""
+    kind = 4 if p.dim() >= 4 else 2 if p.dim() >= 2 else 0
+    row = p.numel() // p.shape[0] if p.dim() and p.shape[0] else 0
+    return (kind, row)
 
 
 def centralized(grad: torch.Tensor, conv_only: bool = False) -> torch.Tensor:

@@ -128,3 +128,36 @@ def test_the_seeds_call_works_unchanged_and_bad_values_are_refused():
         Ranger(model.parameters(), lr=-1)
     with pytest.raises(ValueError, match="betas"):
         Ranger(model.parameters(), betas=(0.9, 1.0))
+
+
+def test_channels_last_parameters_and_replaced_storage_still_match_the_reference():
+    ours, reference = _small_net(), _small_net()
+    for model in (ours, reference):
+        model.to(memory_format=torch.channels_last)
+    optimizer = Ranger(ours.parameters(), lr=1e-2, weight_decay=1e-2)
+    reference_optimizer = SeedRanger(reference.parameters(), lr=1e-2, weight_decay=1e-2)
+    _train(ours, optimizer, 10)
+    _train(reference, reference_optimizer, 10)
+    assert ours[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # Something outside moves a parameter to new storage: the optimizer must follow.
+    ours[0].weight.data = ours[0].weight.data.clone()
+    _train(ours, optimizer, 10, start=10)
+    _train(reference, reference_optimizer, 10, start=10)
+    assert _max_difference(ours, reference) < 1e-6
+
+
+def test_parameters_without_gradients_are_left_alone_and_late_ones_get_their_own_step_count():
+    ours, reference = _small_net(), _small_net()
+    optimizers = [Ranger(ours.parameters(), lr=1e-2), SeedRanger(reference.parameters(), lr=1e-2)]
+    for model in (ours, reference):
+        model[4].bias.requires_grad_(False)
+    before = ours[4].bias.detach().clone()
+    _train(ours, optimizers[0], 7)
+    _train(reference, optimizers[1], 7)
+    assert torch.equal(ours[4].bias, before)
+    for model in (ours, reference):
+        model[4].bias.requires_grad_(True)
+    _train(ours, optimizers[0], 8, start=7)
+    _train(reference, optimizers[1], 8, start=7)
+    assert optimizers[0].state[ours[4].bias]["step"] == 8
+    assert _max_difference(ours, reference) < 1e-6
