@@ -284,15 +284,17 @@ def crop_and_flip(padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
                   flip: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     """Cut a size x size window at (top, left) out of each padded image, mirrored where flip.
 
-    Two gathers replace a Python loop over images: rows first, then columns,
-    with a mirrored window simply reading its columns right to left.
+    One gather replaces a Python loop over images: in a flattened padded
+    plane, pixel (row, col) sits at row * width + col, and a mirrored window
+    simply reads its columns right to left.
     """
-    batch, channels, _, width = padded.shape
+    batch, channels, height, width = padded.shape
     steps = torch.arange(size, device=padded.device)
-    rows = top.view(-1, 1) + steps                                   # (B, size)
+    rows = top.view(-1, 1) + steps                                               # (B, size)
     cols = left.view(-1, 1) + torch.where(flip.view(-1, 1), size - 1 - steps, steps)
-    out = padded.gather(2, rows.view(batch, 1, size, 1).expand(batch, channels, size, width))
-    return out.gather(3, cols.view(batch, 1, 1, size).expand(batch, channels, size, size))
+    where = (rows.view(batch, size, 1) * width + cols.view(batch, 1, size)).view(batch, 1, -1)
+    planes = padded.reshape(batch, channels, height * width)
+    return planes.gather(2, where.expand(batch, channels, size * size)).view(batch, channels, size, size)
 
 
 def draw_crops(count: int, generator: torch.Generator | None = None,
@@ -385,11 +387,11 @@ class CifarLoader:
             order = torch.arange(count, device=self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
-            images = self.images[index]
+            images = self.images.index_select(0, index)  # far faster than images[index] on a CPU
             if self.train:
                 window = slice(start, start + self.batch_size)
                 images = crop_and_flip(images, top[window], left[window], flip[window])
-            yield normalize(images), self.labels[index]
+            yield normalize(images), self.labels.index_select(0, index)
 
 
 # --------------------------------------------------------------------------
