@@ -40,11 +40,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: int = 2) -> dict:
-    """Median wall seconds of each function, timed in alternation (device work included).
+def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: int = 2,
+            statistic=statistics.median) -> dict:
+    """Wall seconds of each function (median of the repeats), timed in alternation.
 
     Alternating A, B, A, B... spreads any slow phase of a shared machine over
-    every contender instead of charging it to whichever ran then.
+    every contender instead of charging it to whichever ran then. Device work
+    is included. `statistic=min` estimates a cost that noise can only add to.
     """
     for function in functions.values():
         for _ in range(warmup):
@@ -57,7 +59,7 @@ def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: in
             function()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistic(values) for name, values in times.items()}
 
 
 class SeedCIFAR10(torchvision.datasets.CIFAR10):
