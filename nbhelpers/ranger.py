@@ -45,6 +45,12 @@ class Ranger(Optimizer):
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         use_gc=use_gc, gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
+        # Lay the parameters out flat now, before a torch.compile'd model first
+        # runs, so that their storage does not move under it at the first step.
+        for group in self.param_groups:
+            trainable = [p for p in group["params"] if p.requires_grad]
+            if trainable:
+                self._flat(trainable)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -63,7 +69,9 @@ class Ranger(Optimizer):
             for p in params:
                 cohorts.setdefault(self._state_of(p)["step"], []).append(p)
             for step, members in cohorts.items():
-                self._update(group, self._flat(members), step + 1)
+                flat = self._flat(members)
+                flat.attach_state([self.state[p] for p in flat.params])
+                self._update(group, flat, step + 1)
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -92,7 +100,7 @@ class Ranger(Optimizer):
         if flat is None or not flat.intact():
             # A tensor can be a view into one buffer only: drop every layout sharing one.
             self._flats = {k: v for k, v in self._flats.items() if not set(k) & set(key)}
-            flat = self._flats[key] = FlatCohort(params, [self.state[p] for p in params])
+            flat = self._flats[key] = FlatCohort(params)
         return flat
 
     def _update(self, group: dict, flat: "FlatCohort", step: int) -> None:
@@ -133,13 +141,11 @@ class FlatCohort:
 
     STATE = ("exp_avg", "exp_avg_sq", "slow_buffer")
 
-    def __init__(self, params: list[torch.Tensor], states: list[dict]):
+    def __init__(self, params: list[torch.Tensor]):
         for p in params:
             if not _is_dense(p):
                 p.data = p.data.contiguous()
-        order = sorted(range(len(params)), key=lambda i: _gc_key(params[i]))
-        self.params = [params[i] for i in order]
-        self.states = [states[i] for i in order]
+        self.params = sorted(params, key=_gc_key)
         self.offsets, offset = [], 0
         for p in self.params:
             self.offsets.append(offset)
@@ -147,14 +153,21 @@ class FlatCohort:
         self.param = self._lay_out([p.detach() for p in self.params])
         for p, view in zip(self.params, self._views(self.param)):
             p.data = view
-        for name in self.STATE:
-            flat = self._lay_out([s[name] for s in self.states])
-            setattr(self, name, flat)
-            for state, view in zip(self.states, self._views(flat)):
-                state[name] = view
+        self.states: list[dict] = []
         self._pointers = [p.data_ptr() for p in self.params]
         self._contiguous = all(p.is_contiguous() for p in self.params)
         self._runs = self._centralization_runs()
+
+    def attach_state(self, states: list[dict]) -> None:
+        """Lay out the parameters' state (in `self.params` order) flat, the first time."""
+        if self.states:
+            return
+        for name in self.STATE:
+            flat = self._lay_out([state[name] for state in states])
+            setattr(self, name, flat)
+            for state, view in zip(states, self._views(flat)):
+                state[name] = view
+        self.states = states
 
     def _lay_out(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([_memory_order(t, like=p) for t, p in zip(tensors, self.params)])

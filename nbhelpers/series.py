@@ -55,7 +55,7 @@ def demo_data_dir(scratch: Path) -> str:
     except CIFAR10DataError:
         print(f"No CIFAR-10 found: the demo uses a small synthetic copy in {scratch}. "
               "For real images see data/README.md.", flush=True)
-        write_synthetic_cifar10(scratch, train_per_class=500, test_per_class=100)
+        write_synthetic_cifar10(scratch, train_per_class=1000, test_per_class=100)
         return str(scratch)
 
 

@@ -307,14 +307,21 @@ def _versions(device: torch.device) -> dict[str, Any]:
 # Progress: a bar in JupyterLab or a terminal, one line per epoch in logs
 # --------------------------------------------------------------------------
 
-def _in_notebook() -> bool:
+def _widget_notebook() -> bool:
+    """In a Jupyter kernel that can draw tqdm's widget bar (ipywidgets installed)?"""
     shell = sys.modules.get("IPython")
     ip = shell.get_ipython() if shell else None
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
+        return False
+    try:
+        import ipywidgets  # noqa: F401  (without it tqdm falls back to a text bar per update)
+    except ImportError:
+        return False
+    return True
 
 
 def progress_mode(requested: str) -> str:
-    """"auto": a bar where one can be drawn (a Jupyter kernel, a terminal), else log lines.
+    """"auto": a bar where one can be drawn (JupyterLab with widgets, a terminal), else log lines.
 
     Epoch lines are printed in both "bar" and "log" modes, so that
     `papermill --log-output` shows one plain line per epoch: the bar's widget
@@ -322,7 +329,7 @@ def progress_mode(requested: str) -> str:
     """
     if requested != AUTO:
         return requested
-    return "bar" if _in_notebook() or sys.stderr.isatty() else "log"
+    return "bar" if _widget_notebook() or sys.stderr.isatty() else "log"
 
 
 def epoch_line(row: dict[str, float], num_epochs: int) -> str:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The reference run of issue 6, as one call on a lent GPU machine (device tool).
+# Prepare here first (see README "Benchmarks"):
+#   mkdir -p .gpu && cp -r ../shared/device/wheels ../shared/data/cifar10-jpeg.npz \
+#       ../shared/data/build_cifar10.py .gpu/ && echo /.gpu/ >> .git/info/exclude
+# then run `bash benchmarks/gpu_reference.sh` there with carry [".gpu"]. About
+# 10 minutes: the benchmark (seed vs nbhelpers), then the four notebooks with
+# their defaults (60 epochs). What comes back lies in $OUT.
+set -euo pipefail
+OUT=${OUT:-build/gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/wheels/*.whl
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+python3 .gpu/build_cifar10.py data
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 benchmarks/train_step.py --device cuda 2>&1 | tee "$OUT/train_step.log"
+python3 -m nbhelpers.series --full --name reference 2>&1 | tee "$OUT/series.log"
+python3 benchmarks/make_reference.py runs/reference benchmarks/results/train_step_cuda_w1024.json \
+    | tee "$OUT/reference.json"
+cp benchmarks/results/train_step_cuda_w1024.json "$OUT/"
+tar czf "$OUT/reference-run.tgz" figures/*.png runs/reference/notebooks runs/reference/run/history.csv \
+    runs/reference/run/config.json
