@@ -10,7 +10,6 @@ cuts whole batches out of one uint8 tensor on the device.
 import argparse
 import time
 
-import torch
 
 from common import cifar10, machine, seed_train_loader, synchronize, write_results
 from nbhelpers.data import CifarLoader

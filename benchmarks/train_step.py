@@ -26,10 +26,9 @@ from common import cifar10, compare, machine, seed_train_loader, synchronize, wr
 from nbhelpers.config import make_config
 from nbhelpers.data import CifarLoader, Split
 from nbhelpers.model import count_flops
-from nbhelpers.ranger import Ranger
 from nbhelpers.runtime import pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
-from nbhelpers.train import autocast, build_model, build_scheduler, evaluate, train_epoch
+from nbhelpers.train import build_model, build_scheduler, build_training, evaluate, train_epoch
 
 
 def matmul_rate(device: torch.device) -> tuple[float, str]:
@@ -86,21 +85,11 @@ class ConstantLogits(torch.nn.Module):
         return self.logits.expand(len(images), -1)
 
 
-def nbhelpers_setup(width: int, batch: int, device, data):
-    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch)
-    chosen = config.resolved(device)
-    seed_everything(config.rand_seed)
-    model = build_model(config).to(device)
-    if chosen["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = Ranger(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    step_model = torch.compile(model) if chosen["compile"] else model
-    return config, chosen, model, step_model, optimizer
-
-
 def nbhelpers_path(width, batch, steps, device, data, check_syncs: bool, repeats: int) -> dict:
     """Seconds per step of fit's loop, its overhead, and the evaluation of the test set."""
-    config, chosen, model, step_model, optimizer = nbhelpers_setup(width, batch, device, data)
+    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch)
+    seed_everything(config.rand_seed)
+    model, step_model, optimizer, chosen = build_training(config, device)
     subset = Split(data.train.images[:steps * batch], data.train.labels[:steps * batch])
     loader = CifarLoader(subset, batch, train=True, device=device, seed=1)
     scheduler = build_scheduler(optimizer, config, steps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -88,6 +89,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                       total_steps=config.num_epochs * steps_per_epoch, anneal_strategy="linear")
 
 
+def build_training(config: TrainConfig, device: torch.device, num_classes: int = 10):
+    """The model (plain, for checkpoints), the one to run (compiled where chosen), Ranger.
+
+    Ranger is made before compilation runs: it lays the parameters out flat,
+    and a compiled graph should see them where they will stay.
+    """
+    chosen = config.resolved(device)
+    model = build_model(config, num_classes).to(device)
+    if chosen["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    # Static shapes: one graph each for the training batch, the last smaller
+    # batch and evaluation, instead of slower shape-generic kernels.
+    step_model = torch.compile(model, dynamic=False) if chosen["compile"] else model
+    return model, step_model, optimizer, chosen
+
+
 def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
     """The learning rate of every training step of a run, without training."""
     optimizer = Ranger([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
@@ -151,14 +169,19 @@ def train_epoch(model, loader, optimizer, scheduler, *, per_batch: bool, precisi
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, split: Split, device: torch.device | str | None = None,
-          precision: str = "fp32", channels_last: bool = False,
-          batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """The model's logits (float32, on the CPU) for every image of `split`, in order."""
+def infer(model: torch.nn.Module, data: Split | CifarLoader, device: torch.device | str | None = None,
+          precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """The model's logits (float32, on the CPU) for every image of a split, in order.
+
+    `data` is a Split, or an evaluation CifarLoader already on the device
+    (fit keeps one per split, so the images cross to the GPU only once).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    loader = data if isinstance(data, CifarLoader) else \
+        CifarLoader(data, EVAL_BATCH_SIZE, train=False, device=device)
     model.eval()
     outputs = []
-    for images, _ in CifarLoader(split, batch_size, train=False, device=device):
+    for images, _ in loader:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
@@ -166,11 +189,13 @@ def infer(model: torch.nn.Module, split: Split, device: torch.device | str | Non
     return torch.cat(outputs).cpu()
 
 
-def evaluate(model, split: Split, device, precision="fp32", channels_last=False) -> dict[str, float]:
+def evaluate(model, data: Split | CifarLoader, device, precision="fp32",
+             channels_last=False) -> dict[str, float]:
     """Mean cross-entropy and accuracy (%) over a whole split."""
-    logits = infer(model, split, device, precision, channels_last)
-    return {"loss": F.cross_entropy(logits, split.labels).item(),
-            "acc": accuracy(logits.argmax(dim=1), split.labels)}
+    logits = infer(model, data, device, precision, channels_last)
+    labels = data.labels.cpu()
+    return {"loss": F.cross_entropy(logits, labels).item(),
+            "acc": accuracy(logits.argmax(dim=1), labels)}
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -313,11 +338,8 @@ def _widget_notebook() -> bool:
     ip = shell.get_ipython() if shell else None
     if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
         return False
-    try:
-        import ipywidgets  # noqa: F401  (without it tqdm falls back to a text bar per update)
-    except ImportError:
-        return False
-    return True
+    # Without ipywidgets tqdm falls back to a text bar, one output per update.
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def progress_mode(requested: str) -> str:
@@ -358,7 +380,6 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
     """
     config = make_config(config, **overrides)
     device = torch.device(device) if device is not None else pick_device()
-    chosen = config.resolved(device)
     seed_everything(config.rand_seed, config.deterministic)
 
     data = data or load_cifar10(config.data_dir or None, config.download)
@@ -369,16 +390,14 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
     if steps_per_epoch == 0:
         raise ConfigError(f"train_subset={config.train_subset} gives no full training batch")
 
-    model = build_model(config, len(splits.classes)).to(device)
-    if chosen["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config)
+    model, step_model, optimizer, chosen = build_training(config, device, len(splits.classes))
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
 
     run_dir, history, start = _open_run_dir(config, device, model, optimizer, scheduler)
     _write_config(run_dir, config, chosen, device, splits, steps_per_epoch, data)
-    # Compiling wraps the module; checkpoints always save the plain one.
-    step_model = torch.compile(model) if chosen["compile"] else model
+    measured = [("val", splits.val), ("test", splits.test)] if splits.val else [("test", splits.test)]
+    eval_loaders = {name: CifarLoader(split, EVAL_BATCH_SIZE, train=False, device=device)
+                    for name, split in measured}
 
     end = min(config.num_epochs, stop_after or config.num_epochs)
     run = Run(config, run_dir, model, history, device, splits.classes)
@@ -408,9 +427,8 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
                     + (" (none was written yet)" if epoch == 1 else "")
                     + ". Try a smaller max_lr or learning_rate, or precision='fp32'.")
             row = {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"]}
-            measured = [("val", splits.val), ("test", splits.test)] if splits.val else [("test", splits.test)]
-            for name, split in measured:
-                result = evaluate(step_model, split, device, chosen["precision"], chosen["channels_last"])
+            for name, loader in eval_loaders.items():
+                result = evaluate(step_model, loader, device, chosen["precision"], chosen["channels_last"])
                 row[f"{name}_loss"], row[f"{name}_acc"] = result["loss"], result["acc"]
             row["lr"] = lr
             row["seconds"] = time.perf_counter() - tic

@@ -2,7 +2,6 @@
 import ast
 import re
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 import nbformat

@@ -1,5 +1,4 @@
 """Ranger: torch-optimizer's Ranger with GC off, the per-parameter algorithm with GC on."""
-import copy
 import io
 
 import pytest

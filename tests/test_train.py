@@ -12,7 +12,7 @@ import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
 from nbhelpers import train as T
-from nbhelpers.config import ConfigError, make_config
+from nbhelpers.config import make_config
 from nbhelpers.ranger import Ranger
 
 # A small width and batch: seconds per epoch on a CPU.
