@@ -178,3 +178,25 @@ def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, c
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("epoch   2/2 | train loss") and err == ""
+
+
+def test_the_training_loop_reads_nothing_back_from_the_device_per_step(synthetic_data, monkeypatch):
+    """Every way a tensor's value reaches Python (and so on CUDA waits for the GPU), counted."""
+    from nbhelpers.data import CifarLoader
+    config = make_config(**SMALL)
+    model, step_model, optimizer, chosen = T.build_training(config, torch.device("cpu"))
+    loader = CifarLoader(synthetic_data.train.subset(torch.arange(320)), 32, train=True, seed=0)
+    scheduler = T.build_scheduler(optimizer, config, len(loader))
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    result = T.train_epoch(step_model, loader, optimizer, scheduler, per_batch=True,
+                           precision="fp32", channels_last=False)
+    monkeypatch.undo()
+    assert len(loader) == 10 and result["first_bad_step"] == -1
+    assert reads == ["tolist"]  # the one read at the end of the epoch
