@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10 as _TorchvisionCIFAR10
-from torchvision.datasets.utils import download_url
+from torchvision.datasets.utils import calculate_md5, download_url
 
 from .runtime import DATA_DIR
 
@@ -175,11 +175,6 @@ def _read_split(folder: Path, names: list[str], root: Path) -> Split:
     return Split(images, labels)
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> CIFAR10Data:
     """Both splits of CIFAR-10 as uint8 tensors, read from disk once per process.
 
@@ -203,7 +198,7 @@ def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
         if len(classes) < 2 or int(split.labels.min()) < 0 or int(split.labels.max()) >= len(classes):
             raise _error(root, f"The {name} labels in {folder} do not fit the "
                                f"{len(classes)} class names of {META_FILE}")
-    sums = {name: _md5(folder / name) for name in OFFICIAL_MD5}
+    sums = {name: calculate_md5(str(folder / name)) for name in OFFICIAL_MD5}
     differing = [name for name, md5 in sums.items() if md5 != OFFICIAL_MD5[name]]
     if differing:
         warnings.warn(
