@@ -45,6 +45,7 @@ class Ranger(Optimizer):
                         betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         use_gc=use_gc, gc_conv_only=gc_conv_only)
         super().__init__(params, defaults)
+        self._flats: dict[tuple[int, ...], FlatCohort] = {}
         # Lay the parameters out flat now, before a torch.compile'd model first
         # runs, so that their storage does not move under it at the first step.
         for group in self.param_groups:
@@ -93,8 +94,6 @@ class Ranger(Optimizer):
 
     def _flat(self, params: list[torch.Tensor]) -> "FlatCohort":
         """The flat layout of these parameters, made again if anything moved them."""
-        if not hasattr(self, "_flats"):
-            self._flats = {}
         key = tuple(map(id, params))
         flat = self._flats.get(key)
         if flat is None or not flat.intact():
