@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 AUTO = "auto"
+# The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
+OPTIMIZERS = ("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam", "adamw", "sgd")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
@@ -29,6 +31,7 @@ class TrainConfig:
     learning_rate: float = 1e-3       # Ranger's lr before OneCycleLR takes over
     weight_decay: float = 1e-2        # Ranger's decoupled-style decay: p -= wd * lr * p
     max_lr: float = 0.1               # OneCycleLR's peak; it starts at max_lr / 25
+    optimizer: str = "ranger"         # the seed's Ranger, a part of it, or a baseline (OPTIMIZERS)
     num_blocks: int = 3               # blocks in the backbone
     num_conv_layer: int = 3           # parallel conv branches per block
     backbone_out_channels: int = 1024 # channels of every branch
@@ -36,7 +39,7 @@ class TrainConfig:
     rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order
     # Data and where results go
     data_dir: str = ""                # "" = $CIFAR10_ROOT, else the project's data/
-    download: bool = False            # fetch the official archive if CIFAR-10 is missing
+    download: bool = True             # fetch the official archive if CIFAR-10 is missing
     run_dir: str = ""                 # "" = runs/<date-time> (with resume: the latest run)
     train_subset: int = 0             # first N training images, class-balanced; 0 = all
     test_subset: int = 0              # first N test images, class-balanced; 0 = all
@@ -77,6 +80,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "learning_rate": ("float", "positive"), "max_lr": ("float", "positive"),
     "weight_decay": ("float", "non-negative"),
     "scheduler_step": ("choice", ("batch", "epoch")),
+    "optimizer": ("choice", OPTIMIZERS),
     "precision": ("choice", (AUTO, "bf16", "fp32")),
     "progress": ("choice", (AUTO, "bar", "log", "none")),
     "compile": ("bool_or_auto", None), "channels_last": ("bool_or_auto", None),

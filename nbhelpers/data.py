@@ -73,6 +73,22 @@ def _error(root: Path, problem: str) -> CIFAR10DataError:
     return CIFAR10DataError(f"{problem}. " + HOW_TO_FIX.format(root=root, folder=FOLDER))
 
 
+def describe_data_dir(root: str | os.PathLike | None = None) -> str:
+    """One line on the copy under the data root, read from its batches.meta only (no loading)."""
+    folder = resolve_data_root(root) / FOLDER
+    meta = folder / META_FILE
+    if not meta.is_file():
+        return f"no CIFAR-10 at {folder} yet"
+    try:
+        with open(meta, "rb") as fh:
+            info = pickle.load(fh, encoding="latin1")
+    except Exception:
+        return f"{folder} (its {META_FILE} does not load)"
+    if info.get("synthetic"):
+        return f"SYNTHETIC stand-in at {folder}, not CIFAR-10 (classes: {', '.join(info['label_names'])})"
+    return f"CIFAR-10 at {folder}"
+
+
 def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The `cifar-10-batches-py` folder under the data root, fetched if allowed."""
     root = resolve_data_root(root)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -28,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR
-from tqdm.auto import tqdm
 
 from .config import AUTO, ConfigError, TrainConfig, make_config
 from .data import CifarLoader, CIFAR10Data, Split, Splits, load_cifar10, prepare_splits
 from .model import Model
+from .progress import Progress
 from .ranger import Ranger
 from .runtime import RUNS_DIR, device_name, pick_device, seed_everything
 
@@ -73,8 +72,37 @@ def build_model(config: TrainConfig, num_classes: int = 10) -> Model:
                  config.hidden_size, num_classes)
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Ranger:
-    return Ranger(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by config.optimizer, at the seed's lr and weight decay.
+
+    - "ranger": the seed's Ranger (RAdam + Lookahead + gradient centralization);
+    - "ranger_no_lookahead": alpha=1, so the slow weights always equal the fast ones;
+    - "ranger_no_gc": Ranger without gradient centralization;
+    - "radam", "adamw": PyTorch's, with Ranger's betas and eps and the same
+      decoupled decay (p -= weight_decay * lr * p);
+    - "sgd": SGD with Nesterov momentum 0.9; its weight decay is coupled (added
+      to the gradient, then amplified by momentum about 1 / (1 - 0.9) times), so
+      it gets weight_decay * (1 - 0.9) to shrink the weights as fast as Ranger does.
+    OneCycleLR cycles beta1 (or SGD's momentum) between 0.85 and 0.95 for all of them.
+    """
+    params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
+    betas, eps = (0.95, 0.999), 1e-5  # Ranger's defaults
+    if config.optimizer == "ranger":
+        return Ranger(params, lr=lr, weight_decay=decay)
+    if config.optimizer == "ranger_no_lookahead":
+        return Ranger(params, lr=lr, weight_decay=decay, alpha=1.0)
+    if config.optimizer == "ranger_no_gc":
+        return Ranger(params, lr=lr, weight_decay=decay, use_gc=False)
+    if config.optimizer == "radam":
+        return torch.optim.RAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=decay,
+                                 decoupled_weight_decay=True)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=decay)
+    if config.optimizer == "sgd":
+        momentum = 0.9
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                               weight_decay=decay * (1 - momentum))
+    raise ConfigError(f"optimizer={config.optimizer!r} has no builder")  # config checks first
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -90,9 +118,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
 
 
 def build_training(config: TrainConfig, device: torch.device, num_classes: int = 10):
-    """The model (plain, for checkpoints), the one to run (compiled where chosen), Ranger.
+    """The model (plain, for checkpoints), the one to run (compiled where chosen), the optimizer.
 
-    Ranger is made before compilation runs: it lays the parameters out flat,
+    The optimizer is made before compilation runs: it lays the parameters out flat,
     and a compiled graph should see them where they will stay.
     """
     chosen = config.resolved(device)
@@ -329,42 +357,6 @@ def _versions(device: torch.device) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# Progress: a bar in JupyterLab or a terminal, one line per epoch in logs
-# --------------------------------------------------------------------------
-
-def _widget_notebook() -> bool:
-    """In a Jupyter kernel that can draw tqdm's widget bar (ipywidgets installed)?"""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell else None
-    if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
-        return False
-    # Without ipywidgets tqdm falls back to a text bar, one output per update.
-    return importlib.util.find_spec("ipywidgets") is not None
-
-
-def progress_mode(requested: str) -> str:
-    """"auto": a bar where one can be drawn (JupyterLab with widgets, a terminal), else log lines.
-
-    Epoch lines are printed in both "bar" and "log" modes, so that
-    `papermill --log-output` shows one plain line per epoch: the bar's widget
-    shows up in that log only once, when it is created.
-    """
-    if requested != AUTO:
-        return requested
-    return "bar" if _widget_notebook() or sys.stderr.isatty() else "log"
-
-
-def epoch_line(row: dict[str, float], num_epochs: int) -> str:
-    parts = [f"epoch {int(row['epoch']):>3}/{num_epochs}",
-             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%"]
-    if "val_acc" in row:
-        parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%")
-    parts += [f"test loss {row['test_loss']:.4f} acc {row['test_acc']:6.2f}%",
-              f"lr {row['lr']:.5f}", f"{row['seconds']:.1f} s"]
-    return " | ".join(parts)
-
-
-# --------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------
 
@@ -401,17 +393,15 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
 
     end = min(config.num_epochs, stop_after or config.num_epochs)
     run = Run(config, run_dir, model, history, device, splits.classes)
-    mode = progress_mode(config.progress)
-    bar = tqdm(total=(end - start) * steps_per_epoch, desc="training", unit="step",
-               disable=(mode != "bar"), dynamic_ncols=True)
+    progress = Progress(config.progress, (end - start) * steps_per_epoch, config.num_epochs)
 
     def on_step(lr: float) -> None:
         run.step_lrs.append(lr)
-        bar.update()
+        progress.step()
 
     try:
         for epoch in range(start + 1, end + 1):
-            bar.set_description(f"epoch {epoch}/{config.num_epochs}")
+            progress.start_epoch(epoch)
             train_loader.set_epoch(epoch)
             tic = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -435,10 +425,9 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
             history.append(row)
             save_checkpoint(run_dir, model, optimizer, scheduler, config, epoch, history)
             write_history(run_dir, history)
-            if mode in ("bar", "log"):
-                (bar.write if mode == "bar" else print)(epoch_line(row, config.num_epochs))
+            progress.end_epoch(history)
     finally:
-        bar.close()
+        progress.close()
     if history and int(history[-1]["epoch"]) == config.num_epochs:
         atomic_write(run_dir / WEIGHTS, lambda fh: torch.save(model.state_dict(), fh))
     return run

@@ -55,12 +55,12 @@ def test_notebooks_are_committed_without_outputs_but_for_checked_cells(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebooks_start_with_parameters_then_seed_and_device(name):
+def test_notebooks_start_with_parameters_then_setup(name):
     notebook = _notebook(name)
     assert notebook.metadata.kernelspec.name == "python3"
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
-    assert "seed_everything(" in code[1].source and "pick_device(" in code[1].source
+    assert "device = setup(seed=" in code[1].source  # seeds, picks the device, names the data
     # papermill reads every parameter line (a second "=" on a line hides it)
     names = [p.name for p in PythonTranslator.inspect(code[0])]
     assert len(names) == len([l for l in code[0].source.splitlines() if l.strip()])
