@@ -235,14 +235,38 @@ def centralized(grad: torch.Tensor, conv_only: bool = False) -> torch.Tensor:
     return grad - grad.mean(dim=tuple(range(1, grad.dim())), keepdim=True)
 
 
-def rectification(step: int, beta1: float, beta2: float, threshold: float) -> tuple[float, float]:
-    """RAdam's length of the approximated SMA and the bias-corrected step size."""
+def sma_length(step: int, beta2: float) -> float:
+    """RAdam's rho_t: how many recent squared gradients the variance estimate effectively averages.
+
+    It starts at 1 and grows towards rho_inf = 2 / (1 - beta2) - 1 (1999 for beta2 = 0.999).
+    """
     beta2_t = beta2 ** step
-    n_sma_max = 2 / (1 - beta2) - 1
-    n_sma = n_sma_max - 2 * step * beta2_t / (1 - beta2_t)
-    if n_sma > threshold:
-        step_size = math.sqrt((1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2)
-                              / n_sma * n_sma_max / (n_sma_max - 2)) / (1 - beta1 ** step)
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf - 2 * step * beta2_t / (1 - beta2_t)
+
+
+def rectification_term(step: int, beta2: float) -> float:
+    """RAdam's r_t, the factor that shrinks Adam's step while the variance estimate is young.
+
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)); it is
+    defined once rho_t > 4, rises from near 0 and tends to 1. Below the threshold RAdam
+    does not use it: the step is plain momentum (see `rectification`).
+    """
+    rho_t, rho_inf = sma_length(step, beta2), 2 / (1 - beta2) - 1
+    if rho_t <= 4:
+        return math.nan
+    return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+
+
+def rectification(step: int, beta1: float, beta2: float, threshold: float) -> tuple[float, float]:
+    """RAdam's rho_t and the step size Ranger multiplies by lr.
+
+    Above the threshold: r_t with both bias corrections, for the step exp_avg / sqrt(exp_avg_sq);
+    at or below it: only beta1's bias correction, for the momentum step exp_avg alone.
+    """
+    rho_t = sma_length(step, beta2)
+    if rho_t > threshold:
+        step_size = rectification_term(step, beta2) * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
     else:
         step_size = 1.0 / (1 - beta1 ** step)
-    return n_sma, step_size
+    return rho_t, step_size
