@@ -1,0 +1,350 @@
+"""A sweep: the training notebook run once per parameter set, each into its own folder; resumable.
+
+    python -m nbhelpers.sweep optimizers              # run the sweep (or what is left of it)
+    python -m nbhelpers.sweep optimizers --list       # its runs, numbered, and how far each got
+    python -m nbhelpers.sweep optimizers --commands   # the papermill command of each run
+    python -m nbhelpers.sweep optimizers --index 3    # only run 3 (e.g. a cluster job array's task)
+
+Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
+
+    runs/<sweep>-<size>/<run>/03_train.ipynb   the executed notebook
+    runs/<sweep>-<size>/<run>/run/             its run folder (config.json, history.csv, ...)
+    runs/<sweep>-<size>/<run>/papermill.log    what papermill printed, one line per epoch
+
+Running the sweep again skips finished runs and resumes interrupted ones from their
+last checkpoint (-p resume True), so it is safe to stop and start. Runs go one after
+another; with several GPUs, one per GPU at a time (CUDA_VISIBLE_DEVICES).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .compare import load_runs
+from .config import TrainConfig, make_config
+from .runtime import PROJECT_ROOT, RUNS_DIR
+from .series import DEMO_TRAINING, NOTEBOOKS_DIR
+from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished
+
+TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
+
+# The sizes a sweep can run at: the seed's settings, the series' CPU demo, and a
+# size for the tests (seconds per run on a CPU).
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "demo": dict(DEMO_TRAINING),
+    "tiny": dict(num_epochs=2, backbone_out_channels=16, hidden_size=32,
+                 train_subset=1000, test_subset=500),
+}
+
+
+def grid(**choices: tuple) -> dict[str, dict[str, Any]]:
+    """Every combination of the choices, named by its values: grid(a=(1, 2), b=("x",)) -> "1-x", "2-x"."""
+    names = list(choices)
+    return {"-".join(map(str, values)): dict(zip(names, values))
+            for values in itertools.product(*choices.values())}
+
+
+# The sweeps `python -m nbhelpers.sweep NAME` knows. A JSON file of {run name: parameters} works too.
+SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
+    # Ranger against AdamW and SGD, each with the schedule stepped per batch and per epoch (the seed's way)
+    "optimizers": grid(optimizer=("ranger", "adamw", "sgd", "radam"), scheduler_step=("batch", "epoch")),
+    # Ranger against itself with one part switched off
+    "parts": grid(optimizer=("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam")),
+}
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot go on as asked (a folder holds another run, or a run failed)."""
+
+
+@dataclass
+class Entry:
+    """One run of a sweep: its name, its notebook parameters and its folder."""
+
+    name: str
+    parameters: dict[str, Any]
+    folder: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def notebook(self) -> Path:
+        return self.folder / TRAINING_NOTEBOOK.name
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "papermill.log"
+
+    def state(self) -> str:
+        """'finished', 'interrupted' (a checkpoint to resume from) or 'new'."""
+        if is_finished(self.run_dir) and _executed_without_error(self.notebook):
+            return "finished"
+        if (self.run_dir / CHECKPOINT).is_file():
+            return "interrupted"
+        return "new"
+
+    def command(self, resume: bool = False) -> list[str]:
+        """The papermill call that runs (or with resume=True, continues) this entry."""
+        parameters = dict(self.parameters, resume=True) if resume else self.parameters
+        # Run from the project's root (relative paths such as run_dir start there),
+        # the way a user or a cluster job types it.
+        command = [sys.executable, "-m", "papermill", _relative(TRAINING_NOTEBOOK),
+                   _relative(self.notebook), "--log-output", "--no-progress-bar"]
+        for name, value in parameters.items():
+            command += ["-p", name, str(value)]
+        return command
+
+    def check_matches_its_folder(self) -> None:
+        """Refuse to count a finished run whose configuration is not this entry's."""
+        path = self.run_dir / CONFIG
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())["config"]
+        training = {f.name for f in fields(TrainConfig)}  # the rest are 03's own (figures_dir)
+        wanted = make_config(**{k: v for k, v in self.parameters.items() if k in training}).to_dict()
+        differ = [f"{k}={saved.get(k)!r} there, {wanted[k]!r} here" for k in wanted
+                  if k not in RESUMABLE_DIFFERENCES and saved.get(k) != wanted[k]]
+        if differ:
+            raise SweepError(f"{self.run_dir} holds a run with other settings ({'; '.join(differ)}). "
+                             "Remove that folder, or give the sweep another --folder.")
+
+
+@dataclass
+class Sweep:
+    name: str
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [entry.run_dir for entry in self.entries]
+
+
+def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
+               data_dir: str = "", folder: str | Path | None = None,
+               only: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
+
+    Every run gets the `size` settings ("auto": full on a GPU, the demo's on a CPU), the same
+    data and seed, and its own folder under `folder` (default runs/<sweep>-<size>/).
+    `only` keeps the named runs.
+    """
+    name, choices = _named_runs(runs)
+    size = _pick_size(size)
+    unknown = sorted(set(only) - set(choices))
+    if unknown:
+        raise SweepError(f"{name} has no run {', '.join(unknown)}; its runs: {', '.join(choices)}")
+    root = Path(folder) if folder else RUNS_DIR / f"{name}-{size}"
+    root = root if root.is_absolute() else PROJECT_ROOT / root
+    entries = []
+    for run_name, parameters in choices.items():
+        if only and run_name not in only:
+            continue
+        entry_folder = root / run_name
+        make_config(**{**SIZES[size], **parameters})  # a bad value stops here, not mid-sweep
+        entries.append(Entry(run_name, {**SIZES[size], **parameters, "data_dir": data_dir,
+                                        "run_dir": _relative(entry_folder / "run"),
+                                        "figures_dir": "", "progress": "log"}, entry_folder))
+    return Sweep(f"{name}-{size}", entries)
+
+
+def run_entry(entry: Entry, env: dict[str, str] | None = None, echo=print) -> str:
+    """Run one entry unless it is finished; resume it if interrupted. Returns what it did."""
+    state = entry.state()
+    if state == "finished":
+        entry.check_matches_its_folder()
+        echo(f"{entry.name}: finished already, skipped")
+        return "skipped"
+    if state == "interrupted":
+        entry.check_matches_its_folder()
+    else:
+        _clear_a_start_without_epochs(entry.run_dir)
+    entry.folder.mkdir(parents=True, exist_ok=True)
+    command = entry.command(resume=state == "interrupted")
+    echo(f"{entry.name}: {'resuming' if state == 'interrupted' else 'starting'} (log: {_relative(entry.log)})")
+    started = time.perf_counter()
+    with open(entry.log, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        done = subprocess.run(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=env, check=False)
+    if done.returncode != 0:
+        raise SweepError(f"{entry.name} failed (papermill exit code {done.returncode}); the end of "
+                         f"{_relative(entry.log)}:\n{_tail(entry.log)}")
+    summary = load_runs([entry.run_dir])[0]
+    echo(f"{entry.name}: {len(summary.history)} epochs, final test accuracy {summary.final_acc:.2f}%, "
+         f"{summary.seconds_per_epoch:.1f} s per epoch ({time.perf_counter() - started:.0f} s in all)")
+    return "resumed" if state == "interrupted" else "ran"
+
+
+def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[str, str]:
+    """Run every entry that is not finished: one after another, or one per GPU at a time.
+
+    A failed run does not stop the others; the SweepError at the end names each failure.
+    """
+    gpus = _visible_gpus() if gpus is None else gpus
+    workers = gpus or [None]  # None: the device this process sees, one run at a time
+    pending: queue.Queue[Entry] = queue.Queue()
+    for entry in sweep.entries:
+        pending.put(entry)
+    outcome: dict[str, str] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def work(gpu: str | None) -> None:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu) if gpu is not None else None
+        while True:
+            try:
+                entry = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                result = run_entry(entry, env, echo=lambda text: _locked(lock, echo, text))
+            except SweepError as error:
+                result = "failed"
+                with lock:
+                    failures.append(str(error))
+                    echo(str(error))
+            outcome[entry.name] = result
+
+    threads = [threading.Thread(target=work, args=(gpu,)) for gpu in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SweepError(f"{len(failures)} of {len(sweep.entries)} runs failed; run the same "
+                         "command again to retry them (finished runs are skipped).")
+    return outcome
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+def _named_runs(runs) -> tuple[str, dict[str, dict[str, Any]]]:
+    if isinstance(runs, dict):
+        return "sweep", runs
+    if runs in SWEEPS:
+        return runs, SWEEPS[runs]
+    path = Path(runs)
+    if path.suffix == ".json" and path.is_file():
+        return path.stem, json.loads(path.read_text())
+    raise SweepError(f"no sweep named {runs!r}: choose one of {', '.join(SWEEPS)}, "
+                     "or give a JSON file of {run name: {parameter: value}}")
+
+
+def _pick_size(size: str) -> str:
+    if size == "auto":
+        import torch  # only here: listing a sweep should not need to start CUDA
+        return "full" if torch.cuda.is_available() else "demo"
+    if size not in SIZES:
+        raise SweepError(f"size={size!r} is not allowed: size must be 'auto' or one of {', '.join(SIZES)}")
+    return size
+
+
+def _clear_a_start_without_epochs(run_dir: Path) -> None:
+    """A run killed before its first epoch ended left only config.json: nothing to resume.
+
+    A new run writes only into an empty folder, so remove that; anything else is kept.
+    """
+    if not run_dir.is_dir():
+        return
+    leftovers = list(run_dir.iterdir())
+    if all(p.name == CONFIG or p.name.endswith(".tmp") for p in leftovers):
+        for path in leftovers:
+            path.unlink()
+    else:
+        raise SweepError(f"{run_dir} holds files but no checkpoint to resume from "
+                         f"({', '.join(sorted(p.name for p in leftovers))}); remove it to run "
+                         "this entry again.")
+
+
+def _visible_gpus() -> list[str]:
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    return ids if len(ids) > 1 else []  # one GPU: no need to pin anything
+
+
+def _executed_without_error(notebook: Path) -> bool:
+    """True if papermill finished this notebook: it records an end time and no exception."""
+    try:
+        info = json.loads(notebook.read_text())["metadata"]["papermill"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(info.get("end_time")) and not info.get("exception")
+
+
+def _relative(path: Path) -> str:
+    """The path as a user types it: relative to the project where it lies inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _locked(lock: threading.Lock, echo, text: str) -> None:
+    with lock:
+        echo(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="sweeps: " + "; ".join(f"{name}: {', '.join(runs)}"
+                                                                   for name, runs in SWEEPS.items()))
+    parser.add_argument("sweep", nargs="?", default="optimizers",
+                        help="a sweep's name, or a JSON file {run name: {parameter: value}}")
+    parser.add_argument("--size", default="auto", help="auto (full on a GPU, demo on a CPU), "
+                        + ", ".join(SIZES))
+    parser.add_argument("--data-dir", default="", help="CIFAR-10's folder (default: as 03 finds it)")
+    parser.add_argument("--folder", help="where the runs go (default: runs/<sweep>-<size>)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--list", action="store_true", help="list the runs and their state")
+    action.add_argument("--commands", action="store_true",
+                        help="print each run's papermill command, one per line")
+    action.add_argument("--index", type=int, help="run only entry INDEX (0-based), e.g. "
+                        "$SLURM_ARRAY_TASK_ID; finished: skipped, interrupted: resumed")
+    args = parser.parse_args(argv)
+    try:
+        sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder)
+        if args.list:
+            for index, entry in enumerate(sweep.entries):
+                print(f"{index}  {entry.name:<28} {entry.state():<12} {_relative(entry.folder)}")
+        elif args.commands:
+            for entry in sweep.entries:
+                print(shlex.join(entry.command()))
+        elif args.index is not None:
+            if not 0 <= args.index < len(sweep.entries):
+                raise SweepError(f"--index {args.index}: {sweep.name} has runs 0 to {len(sweep.entries) - 1}")
+            run_entry(sweep.entries[args.index])
+        else:
+            print(f"{sweep.name}: {len(sweep.entries)} runs", flush=True)
+            run_sweep(sweep, echo=lambda text: print(text, flush=True))
+    except SweepError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

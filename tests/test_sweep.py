@@ -1,0 +1,113 @@
+"""The sweep: one papermill run of 03 per entry; a finished run is skipped, a killed one resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nbhelpers import sweep as S
+from nbhelpers.config import make_config
+from nbhelpers.runs import read_history
+
+# Seconds per epoch on a CPU, on the synthetic data of conftest (2,000 / 200 images).
+SMALL = dict(num_epochs=4, batch_size=32, backbone_out_channels=8, hidden_size=16,
+             train_subset=400, test_subset=100, precision="fp32")
+
+
+def _sweep(root, data_dir, **runs):
+    return S.make_sweep(runs, size="tiny", data_dir=str(data_dir), folder=root)
+
+
+def test_grid_names_every_combination_by_its_values():
+    runs = S.grid(optimizer=("ranger", "sgd"), scheduler_step=("batch", "epoch"))
+    assert list(runs) == ["ranger-batch", "ranger-epoch", "sgd-batch", "sgd-epoch"]
+    assert runs["sgd-epoch"] == {"optimizer": "sgd", "scheduler_step": "epoch"}
+    assert len(S.SWEEPS["optimizers"]) == 8
+
+
+def test_each_entry_is_an_ordinary_papermill_call_into_its_own_folder(tmp_path):
+    sweep = _sweep(tmp_path, "somewhere", a=dict(SMALL, optimizer="adamw"), b=SMALL)
+    a, b = sweep.entries
+    command = a.command()
+    assert command[1:5] == ["-m", "papermill", "notebooks/03_train.ipynb", str(tmp_path / "a" / "03_train.ipynb")]
+    parameters = dict(zip(command[command.index("-p") + 1::3], command[command.index("-p") + 2::3]))
+    assert parameters["optimizer"] == "adamw" and parameters["num_epochs"] == "4"
+    assert parameters["run_dir"] == str(tmp_path / "a" / "run") and parameters["data_dir"] == "somewhere"
+    assert "resume" not in parameters and a.command(resume=True)[-2:] == ["resume", "True"]
+    assert b.folder == tmp_path / "b" and b.state() == "new"
+
+
+def test_a_bad_value_or_name_stops_the_sweep_before_anything_runs(tmp_path):
+    with pytest.raises(Exception, match="optimizer='adam' is not allowed"):
+        _sweep(tmp_path, "", a=dict(SMALL, optimizer="adam"))
+    with pytest.raises(S.SweepError, match="no sweep named 'optimisers'"):
+        S.make_sweep("optimisers")
+    with pytest.raises(S.SweepError, match="has no run sgd-daily"):
+        S.make_sweep("optimizers", size="tiny", only=["sgd-daily"])
+
+
+def _start_killable(entry_index, root, data_dir):
+    """`python -m nbhelpers.sweep` on one entry, in its own process group (papermill and kernel too)."""
+    runs = {"finished": SMALL, "killed": dict(SMALL, optimizer="sgd")}
+    spec = root / "runs.json"
+    spec.write_text(json.dumps(runs))
+    command = [sys.executable, "-m", "nbhelpers.sweep", str(spec), "--size", "tiny",
+               "--folder", str(root), "--data-dir", str(data_dir), "--index", str(entry_index)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def test_the_sweep_skips_a_finished_run_and_resumes_a_killed_one(synthetic_root, tmp_path):
+    sweep = _sweep(tmp_path, synthetic_root, finished=SMALL, killed=dict(SMALL, optimizer="sgd"))
+    finished, killed = sweep.entries
+    assert S.run_entry(finished, echo=lambda _: None) == "ran"
+    assert finished.state() == "finished"
+    notebook_written = finished.notebook.stat().st_mtime_ns
+
+    # Kill the second run (papermill, its kernel and all) once its first epoch is saved.
+    process = _start_killable(1, tmp_path, synthetic_root)
+    deadline = time.monotonic() + 300
+    while not (killed.run_dir / "checkpoint.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the run never saved a checkpoint"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert killed.state() == "interrupted"
+    epochs_before_kill = read_history(killed.run_dir)
+    assert 1 <= len(epochs_before_kill) < SMALL["num_epochs"]
+
+    said = []
+    assert S.run_sweep(sweep, echo=said.append) == {"finished": "skipped", "killed": "resumed"}
+    assert finished.notebook.stat().st_mtime_ns == notebook_written  # not run again
+    assert said[0] == "finished: finished already, skipped" and said[1].startswith("killed: resuming")
+    history = read_history(killed.run_dir)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[:len(epochs_before_kill)] == epochs_before_kill  # continued, not started over
+    assert "-p resume True" in killed.log.read_text()
+    assert killed.state() == "finished"
+
+
+def test_a_finished_folder_with_other_settings_is_refused_not_skipped(synthetic_root, tmp_path):
+    entry = _sweep(tmp_path, synthetic_root, run=SMALL).entries[0]
+    entry.run_dir.mkdir(parents=True)
+    saved = make_config(**dict(S.SIZES["tiny"], **SMALL), data_dir="elsewhere").to_dict()
+    (entry.run_dir / "config.json").write_text(json.dumps({"config": saved}))
+    entry.check_matches_its_folder()  # where the data lies does not matter
+    (entry.run_dir / "config.json").write_text(json.dumps({"config": dict(saved, num_epochs=60)}))
+    with pytest.raises(S.SweepError, match=r"other settings \(num_epochs=60 there, 4 here\)"):
+        entry.check_matches_its_folder()
+
+
+def test_a_start_that_never_finished_an_epoch_is_cleared_anything_else_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    S._clear_a_start_without_epochs(run_dir)
+    assert list(run_dir.iterdir()) == []
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(S.SweepError, match="notes.txt"):
+        S._clear_a_start_without_epochs(run_dir)
+    assert (run_dir / "notes.txt").exists()
