@@ -189,3 +189,127 @@ def branch_weights(weights: torch.Tensor, titles: Sequence[str]) -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------
+# Optimizers side by side (notebooks 03 and 05; helper functions in nbhelpers.compare)
+# --------------------------------------------------------------------------
+
+def rectification(steps: Sequence[int], rho: Sequence[float], r: Sequence[float], threshold: float,
+                  beta2: float, marks: dict[str, int] | None = None) -> Figure:
+    """RAdam's rectification term r_t against the step, with the steps where it is plain momentum."""
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    used = [t for t, value in zip(steps, rho) if value > threshold]
+    momentum_until = used[0] if used else steps[-1]
+    ax.axvspan(steps[0], momentum_until, color="tab:orange", alpha=0.2,
+               label=f"rho_t <= {threshold:g}: plain momentum (steps 1-{momentum_until - 1})")
+    shown = [value if rho_t > threshold else float("nan") for value, rho_t in zip(r, rho)]  # r_t where it is used
+    ax.plot(steps, shown, color="tab:blue", label="r_t: share of Adam's step taken")
+    for (label, step), color in zip((marks or {}).items(), ("tab:green", "tab:red", "tab:purple")):
+        ax.axvline(step, color=color, linestyle="--", label=f"{label} (step {step:,})")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("optimizer step (log scale)")
+    ax.set_ylabel("rectification term r_t")
+    ax.set_title(f"RAdam's rectification with beta2 = {beta2:g}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def lookahead_paths(lookahead, plain, loss_fn, k: int, alpha: float) -> Figure:
+    """Ranger's weights on a 2-D toy loss with Lookahead (`lookahead`) and without (`plain`).
+
+    Both are nbhelpers.compare.Path2D. Left: the paths over the loss's contours, the slow
+    weights as red dots; right: the loss of the weights after each step.
+    """
+    fig, (ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.1, 1]})
+    points = torch.cat([lookahead.fast, plain.fast])
+    low, high = points.min(0).values - 0.5, points.max(0).values + 0.5
+    grid_x, grid_y = torch.meshgrid(torch.linspace(low[0], high[0], 200),
+                                    torch.linspace(low[1], high[1], 200), indexing="xy")
+    ax.contour(grid_x, grid_y, loss_fn(torch.stack([grid_x, grid_y], dim=-1)), levels=15,
+               colors="lightgray", linewidths=0.8)
+    without, with_ = "without Lookahead (alpha = 1)", f"with Lookahead (k = {k}, alpha = {alpha:g})"
+    ax.plot(plain.fast[:, 0], plain.fast[:, 1], ".-", color="tab:gray", markersize=2,
+            linewidth=0.7, label=f"{without}")
+    ax.plot(lookahead.fast[:, 0], lookahead.fast[:, 1], ".-", color="tab:blue", markersize=2,
+            linewidth=0.7, label=f"{with_}: fast weights")
+    ax.plot(lookahead.slow[:, 0], lookahead.slow[:, 1], "o-", color="tab:red", markersize=4,
+            linewidth=1.2, label=f"slow weights (every {k} steps)")
+    ax.plot(0, 0, "k*", markersize=10, label="minimum")
+    ax.set_xlabel("weight 1")
+    ax.set_ylabel("weight 2")
+    ax.set_title("Ranger on a narrow valley with noisy gradients")
+    ax.legend(fontsize=7, loc="lower right")
+    for path, label, color in ((plain, without, "tab:gray"), (lookahead, with_, "tab:blue")):
+        loss_ax.plot(range(1, len(path.loss) + 1), path.loss, color=color, label=label)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("toy loss (log scale)")
+    loss_ax.set_title("Loss of the weights after each step")
+    loss_ax.grid(alpha=0.3, which="both")
+    loss_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def one_cycle(traces: dict[str, dict[str, Sequence[float]]], steps_per_epoch: int) -> Figure:
+    """Learning rate and beta1 (momentum) against epochs, for each schedule given."""
+    fig, (lr_ax, beta_ax) = plt.subplots(1, 2, figsize=(12, 3.4))
+    for label, trace in traces.items():
+        epochs = np.arange(1, len(trace["lr"]) + 1) / steps_per_epoch
+        lr_ax.plot(epochs, trace["lr"], label=label)
+        beta_ax.plot(epochs, trace["beta1"], label=label)
+    lr_ax.set_ylabel("learning rate")
+    beta_ax.set_ylabel("beta1 (momentum coefficient)")
+    lr_ax.set_title("Learning rate")
+    beta_ax.set_title("beta1: Ranger's momentum")
+    steps = len(next(iter(traces.values()))["lr"])
+    fig.suptitle(f"OneCycleLR stepped {' vs '.join(traces)}: {steps:,} steps over "
+                 f"{steps / steps_per_epoch:g} epochs", fontsize=11)
+    for ax in (lr_ax, beta_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(traces) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run_comparison(runs: Sequence) -> Figure:
+    """Training loss, test loss and test accuracy per epoch of several runs, overlaid.
+
+    `runs` are nbhelpers.compare.RunSummary: the colour follows the first parameter that
+    differs between them (e.g. the optimizer), the line style the second (e.g. the schedule).
+    """
+    varying = list(runs[0].varying) if runs and runs[0].varying else []
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ("-", "--", ":", "-.")
+
+    def index_of(name: str | None, run) -> int:
+        if name is None:
+            return runs.index(run)
+        values = list(dict.fromkeys(str(r.varying[name]) for r in runs))
+        return values.index(str(run.varying[name]))
+
+    color_by = varying[0] if varying else None
+    style_by = varying[1] if len(varying) > 1 else None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run in runs:
+        epochs = [row["epoch"] for row in run.history]
+        look = dict(color=palette[index_of(color_by, run) % len(palette)], marker=".",
+                    linestyle=styles[index_of(style_by, run) % len(styles)] if style_by else "-")
+        for ax, key in zip(axes, ("train_loss", "test_loss", "test_acc")):
+            ax.plot(epochs, [row[key] for row in run.history], label=run.label, **look)
+    for ax, title, ylabel in zip(axes, ("Training loss", "Test loss", "Test accuracy"),
+                                 ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[2].legend(fontsize=8, title=", ".join(varying) or None, title_fontsize=8)
+    fig.tight_layout()
+    return fig
