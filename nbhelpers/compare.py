@@ -156,7 +156,8 @@ def load_runs(folders: Sequence[str | Path]) -> list[RunSummary]:
 
 def markdown_table(runs: Sequence[RunSummary]) -> str:
     """Final test accuracy, the best epoch's, and seconds per epoch, a row per run."""
-    lines = ["| run | epochs | final test acc. (%) | best test acc. (%) at epoch | seconds per epoch |",
+    what = ", ".join(runs[0].varying) if runs and runs[0].varying else "run"
+    lines = [f"| {what} | epochs | final test acc. (%) | best test acc. (%) at epoch | seconds per epoch |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for run in runs:
         epochs = f"{len(run.history)}" + ("" if run.finished else f" of {run.config['num_epochs']}")

@@ -140,10 +140,12 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
 
     Every run gets the `size` settings ("auto": full on a GPU, the demo's on a CPU), the same
     data and seed, and its own folder under `folder` (default runs/<sweep>-<size>/).
-    `only` keeps the named runs.
+    `only` keeps the named runs (a list, or names separated by commas).
     """
     name, choices = _named_runs(runs)
     size = _pick_size(size)
+    if isinstance(only, str):  # papermill's -p only a,b passes one string
+        only = [run_name.strip() for run_name in only.split(",") if run_name.strip()]
     unknown = sorted(set(only) - set(choices))
     if unknown:
         raise SweepError(f"{name} has no run {', '.join(unknown)}; its runs: {', '.join(choices)}")

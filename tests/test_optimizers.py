@@ -1,9 +1,12 @@
-"""Every `optimizer` choice trains; a choice that does not exist is refused by name."""
+"""Every `optimizer` choice trains; a choice that does not exist is refused by name; RAdam's rectification."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nbhelpers.config import OPTIMIZERS, ConfigError, make_config
+from nbhelpers.ranger import rectification, rectification_term, sma_length
 from nbhelpers.train import build_model, build_optimizer, build_scheduler
 
 TINY = dict(backbone_out_channels=8, hidden_size=16, num_epochs=1)
@@ -52,3 +55,16 @@ def test_an_unknown_optimizer_is_refused_by_name(value):
 
 def test_the_choice_is_read_case_insensitively_as_papermill_may_pass_it():
     assert make_config(optimizer=" AdamW ").optimizer == "adamw"
+
+
+def test_radam_takes_plain_momentum_steps_until_its_variance_estimate_averages_five_gradients():
+    threshold, beta1, beta2 = 5, 0.95, 0.999  # Ranger's defaults
+    plain = [t for t in range(1, 20) if sma_length(t, beta2) <= threshold]
+    assert plain == [1, 2, 3, 4, 5]
+    assert rectification(3, beta1, beta2, threshold)[1] == pytest.approx(1 / (1 - beta1 ** 3))
+    t = 100  # afterwards: Adam's step scaled by r_t, which rises towards 1
+    assert rectification(t, beta1, beta2, threshold)[1] == pytest.approx(
+        rectification_term(t, beta2) * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t))
+    rising = [rectification_term(t, beta2) for t in (6, 100, 1000, 10_000, 100_000)]
+    assert rising == sorted(rising) and rising[0] < 0.05 and rising[-1] == pytest.approx(1)
+    assert math.isnan(rectification_term(2, beta2))
