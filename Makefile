@@ -11,6 +11,12 @@ NBVAL  := build/nbval
 demo: $(STAMP)
 	$(PY) -m nbhelpers.series
 
+# The sweep that notebook 05 compares, resumable (README: Sweeps); SWEEP=parts for another.
+SWEEP ?= optimizers
+.PHONY: sweep
+sweep: $(STAMP)
+	$(PY) -m nbhelpers.sweep $(SWEEP)
+
 # Unit tests, then all four notebooks through nbval on reduced settings.
 test: $(STAMP)
 	rm -rf $(NBVAL)
