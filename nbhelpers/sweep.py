@@ -125,12 +125,8 @@ class Entry:
 
 @dataclass
 class Sweep:
-    name: str
+    name: str                    # <sweep>-<size>, the name of its folder by default
     entries: list[Entry] = field(default_factory=list)
-
-    @property
-    def run_dirs(self) -> list[Path]:
-        return [entry.run_dir for entry in self.entries]
 
 
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
@@ -222,11 +218,20 @@ def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[s
                     echo(str(error))
             outcome[entry.name] = result
 
-    threads = [threading.Thread(target=work, args=(gpu,)) for gpu in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        if len(workers) == 1:
+            work(workers[0])
+        else:
+            threads = [threading.Thread(target=work, args=(gpu,), daemon=True) for gpu in workers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    except KeyboardInterrupt:
+        # Start nothing new; the runs in progress were interrupted too, and resume next time.
+        while not pending.empty():
+            pending.get_nowait()
+        raise
     if failures:
         raise SweepError(f"{len(failures)} of {len(sweep.entries)} runs failed; run the same "
                          "command again to retry them (finished runs are skipped).")

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -111,3 +112,23 @@ def test_a_start_that_never_finished_an_epoch_is_cleared_anything_else_kept(tmp_
     with pytest.raises(S.SweepError, match="notes.txt"):
         S._clear_a_start_without_epochs(run_dir)
     assert (run_dir / "notes.txt").exists()
+
+
+def test_with_several_gpus_runs_go_one_per_gpu_at_a_time(monkeypatch, tmp_path):
+    active, seen, lock = {"0": 0, "1": 0}, {}, threading.Lock()
+
+    def fake_run(entry, env, echo):
+        gpu = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            active[gpu] += 1
+            assert active[gpu] == 1, "two runs on one GPU"
+        time.sleep(0.05)
+        with lock:
+            active[gpu] -= 1
+            seen[entry.name] = gpu
+        return "ran"
+
+    monkeypatch.setattr(S, "run_entry", fake_run)
+    sweep = _sweep(tmp_path, "", **{f"run{i}": SMALL for i in range(6)})
+    assert S.run_sweep(sweep, gpus=["0", "1"]) == {f"run{i}": "ran" for i in range(6)}
+    assert set(seen.values()) == {"0", "1"}
