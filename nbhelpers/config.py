@@ -7,11 +7,15 @@ allowed.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+
+from .runtime import cpu_has_native_bf16
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
@@ -26,17 +30,17 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # The seed's recipe
-    num_epochs: int = 60              # passes over the training set
-    batch_size: int = 128             # images per gradient step
+    num_epochs: int = 60              # passes over the training set (1..1000)
+    batch_size: int = 128             # images per gradient step (at least 2, for BatchNorm)
     learning_rate: float = 1e-3       # Ranger's lr before OneCycleLR takes over
     weight_decay: float = 1e-2        # Ranger's decoupled-style decay: p -= wd * lr * p
     max_lr: float = 0.1               # OneCycleLR's peak; it starts at max_lr / 25
     optimizer: str = "ranger"         # the seed's Ranger, a part of it, or a baseline (OPTIMIZERS)
-    num_blocks: int = 3               # blocks in the backbone
+    num_blocks: int = 3               # blocks in the backbone (1..5: each halves the 32x32 image)
     num_conv_layer: int = 3           # parallel conv branches per block
     backbone_out_channels: int = 1024 # channels of every branch
     hidden_size: int = 512            # width of the classifier's hidden layers
-    rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order
+    rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order (0..2**32-1)
     # Data and where results go
     data_dir: str = ""                # "" = $CIFAR10_ROOT, else the project's data/
     download: bool = True             # fetch the official archive if CIFAR-10 is missing
@@ -46,9 +50,9 @@ class TrainConfig:
     val_size: int = 0                 # validation images carved from training; 0 = none (the seed)
     # How it runs
     scheduler_step: str = "batch"     # "batch"; "epoch" repeats the seed's once-per-epoch bug
-    precision: str = AUTO             # "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp32"
+    precision: str = AUTO             # "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16", "fp32"
     compile: Any = AUTO               # torch.compile the model: "auto" (on for CUDA), True, False
-    channels_last: Any = AUTO         # NHWC memory layout: "auto" (on for CUDA), True, False
+    channels_last: Any = AUTO         # NHWC memory layout: "auto" (on for CUDA and CPUs), True, False
     deterministic: bool = False       # deterministic cuDNN (the seed's choice; slower)
     resume: bool = False              # continue from run_dir's checkpoint
     progress: str = AUTO              # "auto", "bar", "log" (a line per epoch), "none"
@@ -61,22 +65,34 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def resolved(self, device: torch.device) -> dict[str, Any]:
-        """The "auto" choices made concrete for `device`."""
-        cuda = device.type == "cuda"
+        """The "auto" choices made concrete for `device`, as benchmarks/train_step.py measured them.
+
+        On CUDA: bf16 autocast, channels_last and torch.compile. On a CPU:
+        channels_last (its convolutions are much faster in NHWC), bf16 autocast
+        only where the CPU computes bf16 natively (AVX512-BF16 or AMX; elsewhere
+        it is emulated and slower than fp32), and no compile (slower than eager
+        on the CPUs measured).
+        """
+        cuda, cpu = device.type == "cuda", device.type == "cpu"
+        fast_bf16 = cuda or (cpu and cpu_has_native_bf16())
         return {
-            "precision": ("bf16" if cuda else "fp32") if self.precision == AUTO else self.precision,
+            "precision": ("bf16" if fast_bf16 else "fp32") if self.precision == AUTO else self.precision,
             "compile": cuda if self.compile == AUTO else self.compile,
-            "channels_last": cuda if self.channels_last == AUTO else self.channels_last,
+            "channels_last": (cuda or cpu) if self.channels_last == AUTO else self.channels_last,
         }
 
 
-# What each parameter accepts: (kind, detail). Kinds: int/float with a
-# minimum, a choice among strings, a bool, a bool or "auto", a path string.
+# What each parameter accepts: (kind, detail). Kinds: int with (minimum,
+# maximum or None), float, a choice among strings, a bool, a bool or "auto", a path.
 _RULES: dict[str, tuple[str, Any]] = {
-    "num_epochs": ("int", 1), "batch_size": ("int", 1), "num_blocks": ("int", 1),
-    "num_conv_layer": ("int", 1), "backbone_out_channels": ("int", 1),
-    "hidden_size": ("int", 1), "rand_seed": ("int", 0), "train_subset": ("int", 0),
-    "test_subset": ("int", 0), "val_size": ("int", 0),
+    # More epochs than 1000 is no experiment of this series, and the schedule
+    # plot lists every step; training-mode BatchNorm needs 2 images a batch;
+    # five 2x2 poolings take 32x32 down to 1x1; NumPy seeds are 32-bit.
+    "num_epochs": ("int", (1, 1000)), "batch_size": ("int", (2, None)),
+    "num_blocks": ("int", (1, 5)), "rand_seed": ("int", (0, 2**32 - 1)),
+    "num_conv_layer": ("int", (1, None)), "backbone_out_channels": ("int", (1, None)),
+    "hidden_size": ("int", (1, None)), "train_subset": ("int", (0, None)),
+    "test_subset": ("int", (0, None)), "val_size": ("int", (0, None)),
     "learning_rate": ("float", "positive"), "max_lr": ("float", "positive"),
     "weight_decay": ("float", "non-negative"),
     "scheduler_step": ("choice", ("batch", "epoch")),
@@ -105,7 +121,8 @@ def _check(name: str, value: Any) -> Any:
     kind, detail = _RULES[name]
     original = value  # errors quote what the user passed, not what it became
     if kind == "int":
-        allowed = f"an integer >= {detail}"
+        low, high = detail
+        allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
         if isinstance(value, bool):
             raise _fail(name, value, allowed)
         if isinstance(value, str):
@@ -115,7 +132,7 @@ def _check(name: str, value: Any) -> Any:
                 raise _fail(name, value, allowed) from None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        if not isinstance(value, int) or value < detail:
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
             raise _fail(name, original, allowed)
         return value
     if kind == "float":
@@ -147,12 +164,58 @@ def _check(name: str, value: Any) -> Any:
     return value
 
 
+def _unknown_names(unknown: list[str], known: list[str]) -> str:
+    """ "num_epoch (did you mean num_epochs?)" for each unknown name."""
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(named)
+
+
 def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """A checked TrainConfig: `config` (or the defaults) with `overrides` applied."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise ConfigError(f"unknown training parameter(s): {', '.join(unknown)}; "
+        raise ConfigError(f"unknown training parameter(s): {_unknown_names(unknown, known)}; "
                           f"known: {', '.join(sorted(known))}")
     base = config.to_dict() if config is not None else {}
     return TrainConfig(**{**base, **overrides})
+
+
+# --------------------------------------------------------------------------
+# Parameters papermill injected into a notebook
+# --------------------------------------------------------------------------
+
+PAPERMILL_HEADER = "# Parameters"  # the first line of the cell papermill injects
+
+
+def _assigned_names(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [target.id for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)]
+
+
+def check_injected_parameters(inputs: list[str]) -> None:
+    """Refuse a `-p NAME value` whose NAME the notebook's parameters cell does not have.
+
+    papermill injects every `-p` as an assignment in a cell of its own, right
+    after the cell tagged "parameters", and only logs a warning for a name
+    that cell lacks: a misspelt `-p num_epoch 5` would silently train with the
+    default. `inputs` is the kernel's input history (IPython's `In`): the
+    injected cell is the last one starting with PAPERMILL_HEADER, the
+    parameters cell the one before it. Outside papermill there is none.
+    """
+    injected_at = [i for i, source in enumerate(inputs) if source.startswith(PAPERMILL_HEADER)]
+    if not injected_at or injected_at[-1] == 0:
+        return
+    declared = _assigned_names(inputs[injected_at[-1] - 1])
+    unknown = [n for n in _assigned_names(inputs[injected_at[-1]]) if n not in declared]
+    if unknown:
+        which = "not a parameter" if len(unknown) == 1 else "not parameters"
+        raise ConfigError(f"-p {_unknown_names(unknown, declared)}: {which} of this notebook, "
+                          f"so it would be ignored. Its parameters are {', '.join(declared)}.")

@@ -25,6 +25,7 @@ import torch
 from torchvision.datasets import CIFAR10 as _TorchvisionCIFAR10
 from torchvision.datasets.utils import calculate_md5, download_url
 
+from .config import ConfigError
 from .runtime import DATA_DIR
 
 FOLDER = _TorchvisionCIFAR10.base_folder  # "cifar-10-batches-py"
@@ -40,11 +41,17 @@ STD = (0.5, 0.5, 0.5)
 PAD = 4  # pixels of zero padding around each image before the random 32x32 crop
 IMAGE_SIZE = 32
 
-HOW_TO_FIX = (
-    "To fix it: remove any damaged copy and call load_cifar10(download=True) on a "
-    "machine with a network (it fetches the official archive), or, without a network, run "
-    "`python3 ../shared/data/build_cifar10.py {root}`, or point CIFAR10_ROOT at a "
-    "folder that holds {folder}/."
+# What a user can do about missing or damaged data, in the notebooks' terms.
+HOW_TO_GET_IT = (
+    "To fix it: on a machine with a network, pass download=True (`-p download True` to the "
+    "notebooks), which fetches the official archive and checks its md5 sum; or set data_dir "
+    "(`-p data_dir PATH`) or the environment variable CIFAR10_ROOT to a folder that holds "
+    "{folder}/ (the official python version)."
+)
+HOW_TO_REPAIR = (
+    "To fix it: remove {root}/{folder} and fetch it again with download=True (`-p download True`) "
+    "on a machine with a network, or set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a "
+    "folder that holds a complete copy."
 )
 
 
@@ -69,8 +76,8 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return DATA_DIR
 
 
-def _error(root: Path, problem: str) -> CIFAR10DataError:
-    return CIFAR10DataError(f"{problem}. " + HOW_TO_FIX.format(root=root, folder=FOLDER))
+def _error(root: Path, problem: str, fix: str = HOW_TO_REPAIR) -> CIFAR10DataError:
+    return CIFAR10DataError(f"{problem}. " + fix.format(root=root, folder=FOLDER))
 
 
 def describe_data_dir(root: str | os.PathLike | None = None) -> str:
@@ -95,7 +102,8 @@ def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     folder = root / FOLDER
     if not folder.is_dir():
         if not download:
-            raise _error(root, f"CIFAR-10 is not at {folder} (the folder does not exist)")
+            raise _error(root, f"CIFAR-10 is not at {folder} (the folder does not exist) and "
+                               "download=False", HOW_TO_GET_IT)
         fetch_cifar10(root)
     return folder
 
@@ -108,8 +116,9 @@ def fetch_cifar10(root: Path) -> None:
     try:
         download_url(url, str(root), filename, md5)
     except (urllib.error.URLError, OSError) as exc:
-        raise _error(root, f"Could not download CIFAR-10 from {url} into {root} "
-                           f"({exc}); is there a network?") from exc
+        raise _error(root, f"CIFAR-10 is not at {root / FOLDER}, and downloading it from {url} "
+                           f"failed ({exc}): this machine seems to be offline",
+                     HOW_TO_GET_IT.replace("pass download=True", "run again with download=True")) from exc
     except RuntimeError as exc:  # torchvision: "File not found or corrupted."
         raise _error(root, f"The download of {url} into {root} failed its md5 check "
                            f"({exc})") from exc
@@ -153,6 +162,7 @@ class CIFAR10Data:
     folder: Path
     official: bool  # md5 sums equal the official release's
     fingerprint: str  # md5 over the files' md5 sums: names the exact copy
+    synthetic: bool = False  # a stand-in written by write_synthetic_cifar10, not CIFAR-10
 
     @property
     def num_classes(self) -> int:
@@ -223,36 +233,40 @@ def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
             "the JPEG-derived one) gives accuracies comparable to, not identical with, "
             "published ones.", UnofficialCopyWarning, stacklevel=3)
     fingerprint = hashlib.md5("".join(sums[n] for n in sorted(sums)).encode()).hexdigest()
-    return CIFAR10Data(train, test, classes, folder, not differing, fingerprint)
+    return CIFAR10Data(train, test, classes, folder, not differing, fingerprint,
+                       bool(meta.get("synthetic")))
 
 
 # --------------------------------------------------------------------------
 # Subsets and a validation split
 # --------------------------------------------------------------------------
 
-def balanced_indices(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+def balanced_indices(labels: torch.Tensor, n: int, num_classes: int,
+                     name: str = "the subset") -> torch.Tensor:
     """Indices of the first `n` images with every class equally represented.
 
     Each class gives its first n // num_classes images in file order (the first
     n % num_classes classes one more), so a subset is the same on every run.
+    Fewer than one image per class, or more than a class holds, raises
+    ConfigError naming `name` (the parameter that asked for the subset).
     """
-    if not 0 < n <= len(labels):
-        raise ValueError(f"a subset of {n} images is not possible from a split of "
-                         f"{len(labels)}; choose 1..{len(labels)} (or 0 for all)")
+    if not num_classes <= n <= len(labels):
+        raise ConfigError(f"{name}={n} is not possible: it must be from {num_classes} (one image "
+                          f"per class) to {len(labels):,} (all of them), or 0 for all")
     chosen = []
     for cls in range(num_classes):
         want = n // num_classes + (cls < n % num_classes)
         have = torch.nonzero(labels == cls).flatten()
         if len(have) < want:
-            raise ValueError(f"class {cls} has only {len(have)} images; a balanced "
-                             f"subset of {n} needs {want}")
+            raise ConfigError(f"{name}={n} is not possible: class {cls} has only {len(have)} "
+                              f"images, and a balanced subset of {n} needs {want}")
         chosen.append(have[:want])
     return torch.cat(chosen).sort().values
 
 
 def split_validation(train: Split, val_size: int, num_classes: int) -> tuple[Split, Split]:
     """Carve a class-balanced validation split off the end of the training split."""
-    from_end = balanced_indices(train.labels.flip(0), val_size, num_classes)
+    from_end = balanced_indices(train.labels.flip(0), val_size, num_classes, "val_size")
     val_idx = (len(train) - 1 - from_end).sort().values
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_idx] = False
@@ -275,14 +289,16 @@ def prepare_splits(data: CIFAR10Data, train_subset: int = 0, test_subset: int = 
     """Apply the quick-run subsets (0 = all) and carve an optional validation split."""
     train, test = data.train, data.test
     if train_subset:
-        train = train.subset(balanced_indices(train.labels, train_subset, data.num_classes))
+        train = train.subset(balanced_indices(train.labels, train_subset, data.num_classes,
+                                              "train_subset"))
     if test_subset:
-        test = test.subset(balanced_indices(test.labels, test_subset, data.num_classes))
+        test = test.subset(balanced_indices(test.labels, test_subset, data.num_classes,
+                                            "test_subset"))
     val = None
     if val_size:
         if val_size >= len(train):
-            raise ValueError(f"val_size={val_size} leaves no training images out of "
-                             f"{len(train)}; choose a smaller val_size")
+            raise ConfigError(f"val_size={val_size} leaves no training images out of "
+                              f"{len(train):,}; choose a smaller val_size")
         train, val = split_validation(train, val_size, data.num_classes)
     return Splits(train, val, test, data.classes, data.fingerprint)
 
@@ -411,27 +427,33 @@ class CifarLoader:
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
+# The synthetic stand-in's classes: a colour and a stripe direction each. Its
+# own names, so that no figure or log can pass it off as CIFAR-10.
+SYNTHETIC_ANGLES = tuple(range(0, 180, 18))
+SYNTHETIC_CLASS_NAMES = tuple(f"stripes {angle}°" for angle in SYNTHETIC_ANGLES)
 
 
 def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Images a small network can tell apart: a colour and a stripe direction per class."""
     count = len(labels)
     # Fixed per class, whatever `rng`: every batch and split must agree on what a class looks like.
-    palette = np.random.default_rng(10).integers(40, 216, size=(len(CLASS_NAMES), 3, 1, 1))
+    palette = np.random.default_rng(10).integers(40, 216, size=(len(SYNTHETIC_ANGLES), 3, 1, 1))
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
     stripes = np.stack([np.sin((yy * np.cos(a) + xx * np.sin(a)) * 0.8)
-                        for a in np.linspace(0, np.pi, len(CLASS_NAMES), endpoint=False)])
+                        for a in np.radians(SYNTHETIC_ANGLES)])
     images = palette[labels] + 30 * stripes[labels][:, None] + rng.normal(0, 20, (count, 3, 32, 32))
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
 def write_synthetic_cifar10(root: str | os.PathLike, train_per_class: int = 50,
                             test_per_class: int = 10, seed: int = 0) -> Path:
-    """Write a small CIFAR-10 look-alike in the official python-batch layout.
+    """Write a small synthetic stand-in in CIFAR-10's python-batch layout.
 
     Five training batches, one test batch and batches.meta, pickled with the
-    keys and dtypes of the official files. The md5 sums are not official, so
-    loading it gives an UnofficialCopyWarning, as for any rebuilt copy.
+    keys and dtypes of the official files, so the real loader reads it. Its
+    classes are stripe patterns with names of their own, and batches.meta
+    says `synthetic: True`, so that it is never shown as CIFAR-10. The md5
+    sums are not official: loading it gives an UnofficialCopyWarning.
     """
     rng = np.random.default_rng(seed)
     folder = Path(root) / FOLDER
@@ -446,11 +468,11 @@ def write_synthetic_cifar10(root: str | os.PathLike, train_per_class: int = 50,
         return {"batch_label": title, "labels": labels.tolist(), "data": data,
                 "filenames": [f"synthetic_{i:05d}.png" for i in range(len(labels))]}
 
-    train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))
+    train_labels = rng.permutation(np.repeat(np.arange(len(SYNTHETIC_ANGLES)), train_per_class))
     for number, part in enumerate(np.array_split(train_labels, len(TRAIN_FILES)), start=1):
         dump(batch(part, f"training batch {number} of 5"), f"data_batch_{number}")
-    test_labels = rng.permutation(np.repeat(np.arange(10), test_per_class))
+    test_labels = rng.permutation(np.repeat(np.arange(len(SYNTHETIC_ANGLES)), test_per_class))
     dump(batch(test_labels, "testing batch 1 of 1"), TEST_FILES[0])
     dump({"num_cases_per_batch": len(train_labels) // 5, "num_vis": 3072,
-          "label_names": list(CLASS_NAMES)}, META_FILE)
+          "label_names": list(SYNTHETIC_CLASS_NAMES), "synthetic": True}, META_FILE)
     return folder

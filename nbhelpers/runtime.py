@@ -6,6 +6,7 @@ so that these decisions are made once, here, and not copied between notebooks.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -51,8 +52,42 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. "Intel(R) Xeon(R) Processor" (platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Does the CPU compute bfloat16 in hardware (AVX512-BF16 or AMX)?
+
+    Without it PyTorch emulates bf16 on the CPU, and autocast is slower than fp32.
+    """
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def device_name(device: torch.device) -> str:
     """A human-readable name of the device, for logs and config.json."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     return device.type

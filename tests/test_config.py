@@ -1,7 +1,7 @@
 """Every training parameter is checked; papermill's strings are converted where unambiguous."""
 import pytest
 
-from nbhelpers.config import ConfigError, TrainConfig, make_config
+from nbhelpers.config import ConfigError, TrainConfig, check_injected_parameters, make_config
 
 
 def test_defaults_are_the_seeds():
@@ -23,12 +23,17 @@ def test_papermill_values_are_converted():
 
 
 @pytest.mark.parametrize("name, value, allowed", [
-    ("num_epochs", "sixty", "an integer >= 1"),
-    ("num_epochs", 0, "an integer >= 1"),
-    ("num_epochs", -1, "an integer >= 1"),
-    ("num_epochs", 2.5, "an integer >= 1"),
-    ("num_epochs", True, "an integer >= 1"),
-    ("batch_size", "0", "an integer >= 1"),
+    ("num_epochs", "sixty", "an integer from 1 to 1000"),
+    ("num_epochs", 0, "an integer from 1 to 1000"),
+    ("num_epochs", -1, "an integer from 1 to 1000"),
+    ("num_epochs", 2.5, "an integer from 1 to 1000"),
+    ("num_epochs", True, "an integer from 1 to 1000"),
+    ("num_epochs", 1e9, "an integer from 1 to 1000"),      # the schedule plot would list 8e9 steps
+    ("batch_size", "0", "an integer >= 2"),
+    ("batch_size", 1, "an integer >= 2"),                   # training-mode BatchNorm needs 2 images
+    ("rand_seed", 5_000_000_000, "an integer from 0 to 4294967295"),  # NumPy seeds are 32-bit
+    ("num_blocks", 6, "an integer from 1 to 5"),            # six poolings of a 32x32 image
+    ("optimizer", "adam", "one of 'ranger', 'ranger_no_lookahead'"),
     ("train_subset", -5, "an integer >= 0"),
     ("learning_rate", 0, "a positive number"),
     ("max_lr", "fast", "a positive number"),
@@ -48,6 +53,37 @@ def test_each_bad_value_names_the_parameter_the_value_and_what_is_allowed(name, 
     assert message.startswith(f"{name}={value!r} is not allowed") and allowed in message
 
 
-def test_unknown_parameters_are_refused():
-    with pytest.raises(ConfigError, match="unknown training parameter.*num_epoch\\b"):
+def test_unknown_parameters_are_refused_with_the_closest_name():
+    with pytest.raises(ConfigError, match=r"unknown training parameter.*num_epoch \(did you mean num_epochs\?\)"):
         make_config(num_epoch=3)
+
+
+def test_auto_picks_channels_last_on_a_cpu_and_bf16_only_where_it_is_native(monkeypatch):
+    import torch
+    from nbhelpers import config as C
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native, precision in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(C, "cpu_has_native_bf16", lambda native=native: native)
+        assert make_config().resolved(cpu) == {"precision": precision, "compile": False,
+                                               "channels_last": True}
+    assert make_config().resolved(cuda) == {"precision": "bf16", "compile": True, "channels_last": True}
+    assert make_config(precision="fp32", channels_last=False).resolved(cpu)["channels_last"] is False
+
+
+# --- parameters papermill injects (issue: a misspelt -p was silently ignored) ---
+
+PARAMETERS_CELL = 'num_epochs = 60  # passes\nbatch_size = 128\nfigures_dir = "runs/figures"\n'
+
+
+def test_a_misspelt_papermill_parameter_is_refused_by_name():
+    inputs = ["", PARAMETERS_CELL, "# Parameters\nnum_epoch = 5\nbatch_size = 64\n"]
+    with pytest.raises(ConfigError) as info:
+        check_injected_parameters(inputs)
+    message = str(info.value)
+    assert message.startswith("-p num_epoch (did you mean num_epochs?): not a parameter")
+    assert "batch_size" in message.split("Its parameters are")[1]
+
+
+def test_known_papermill_parameters_and_interactive_sessions_pass():
+    check_injected_parameters(["", PARAMETERS_CELL, "# Parameters\nnum_epochs = 5\n"])
+    check_injected_parameters(["", PARAMETERS_CELL, "x = 1"])  # no papermill: nothing to check

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from nbhelpers import data as D
+from nbhelpers.config import ConfigError
 from nbhelpers.data import (CIFAR10DataError, CifarLoader, Split, UnofficialCopyWarning,
                             crop_and_flip, load_cifar10, normalize, pad_images,
                             prepare_splits, random_crop_flip, write_synthetic_cifar10)
@@ -111,7 +112,7 @@ def test_synthetic_data_round_trips_through_the_loader(tmp_path):
         data = load_cifar10(tmp_path)
     assert data.train.images.shape == (70, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert data.test.images.shape == (30, 3, 32, 32)
-    assert data.classes == D.CLASS_NAMES and not data.official
+    assert data.classes == D.SYNTHETIC_CLASS_NAMES and not data.official and data.synthetic
     assert torch.bincount(data.train.labels).tolist() == [7] * 10
     with open(folder / "data_batch_1", "rb") as fh:
         first = pickle.load(fh, encoding="latin1")
@@ -136,8 +137,12 @@ def test_subsets_are_class_balanced_first_images(synthetic_data):
     # The first images of each class, in file order.
     cat = torch.nonzero(synthetic_data.train.labels == 3).flatten()[:10]
     assert torch.equal(splits.train.images[splits.train.labels == 3][:10], synthetic_data.train.images[cat])
-    with pytest.raises(ValueError, match="subset of 5000"):
+    # Errors name the parameter that asked for the impossible subset.
+    with pytest.raises(ConfigError, match=r"^train_subset=5000 is not possible: it must be from 10 .* to 2,000"):
         prepare_splits(synthetic_data, train_subset=5000)
+    # Fewer images than classes would leave some classes with no image at all.
+    with pytest.raises(ConfigError, match=r"^test_subset=7 is not possible: it must be from 10 \(one image per class\)"):
+        prepare_splits(synthetic_data, test_subset=7)
 
 
 def test_validation_split_is_balanced_and_disjoint(synthetic_data):
@@ -146,8 +151,10 @@ def test_validation_split_is_balanced_and_disjoint(synthetic_data):
     assert torch.bincount(splits.val.labels).tolist() == [20] * 10
     flat = lambda s: {bytes(im.numpy()) for im in s.images}
     assert not flat(splits.train) & flat(splits.val)
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(ConfigError, match="^val_size=100 leaves no training images"):
         prepare_splits(synthetic_data, train_subset=100, val_size=100)
+    with pytest.raises(ConfigError, match="^val_size=5 is not possible"):
+        prepare_splits(synthetic_data, train_subset=100, val_size=5)
 
 
 # --- each bad data directory gives its promised error ----------------------
@@ -158,18 +165,22 @@ def broken_copy(tmp_path):
     return tmp_path
 
 
-def _load_error(root) -> str:
+def _load_error(root, download=False) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnofficialCopyWarning)
         with pytest.raises(CIFAR10DataError) as info:
-            load_cifar10(root)
+            load_cifar10(root, download=download)
     message = str(info.value)
     assert "To fix it" in message and str(root) in message
+    # Only paths a user has: no pointer to the machines this project is built on.
+    assert "shared" not in message and "build_cifar10" not in message
     return message
 
 
-def test_missing_folder(tmp_path):
-    assert "does not exist" in _load_error(tmp_path / "nowhere")
+def test_missing_folder_names_download_and_data_dir(tmp_path):
+    message = _load_error(tmp_path / "nowhere")
+    assert "does not exist" in message and "`-p download True`" in message
+    assert "`-p data_dir PATH`" in message and "CIFAR10_ROOT" in message
 
 
 def test_missing_file(broken_copy):
@@ -195,12 +206,22 @@ def test_file_with_wrong_content(broken_copy):
     assert "data_batch_2 is not a CIFAR-10 batch" in _load_error(broken_copy)
 
 
-def test_no_network(tmp_path, monkeypatch):
+def test_an_offline_machine_without_data_is_told_about_download_and_data_dir(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
     monkeypatch.setattr(D, "download_url", offline)
-    with pytest.raises(CIFAR10DataError, match="Could not download.*is there a network"):
-        load_cifar10(tmp_path, download=True)
+    message = _load_error(tmp_path, download=True)
+    assert "seems to be offline" in message and "Temporary failure in name resolution" in message
+    assert "download=True" in message and "`-p data_dir PATH`" in message and "CIFAR10_ROOT" in message
+
+
+def test_the_synthetic_stand_in_cannot_pass_for_cifar10(tmp_path):
+    write_synthetic_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    with pytest.warns(UnofficialCopyWarning):
+        data = load_cifar10(tmp_path)
+    assert data.synthetic and not set(data.classes) & set(D.CLASS_NAMES)
+    assert D.describe_data_dir(tmp_path).startswith("SYNTHETIC stand-in")
+    assert "not CIFAR-10" in D.describe_data_dir(tmp_path)
 
 
 def _fake_download(archive_bytes):
@@ -236,6 +257,7 @@ def test_download_refuses_an_archive_that_writes_outside_the_data_folder(tmp_pat
 
 
 def test_the_jpeg_derived_copy_loads_with_one_warning(real_root):
+    assert D.describe_data_dir(real_root) == f"CIFAR-10 at {real_root / D.FOLDER}"
     D._load_folder.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -245,6 +267,6 @@ def test_the_jpeg_derived_copy_loads_with_one_warning(real_root):
     assert data.train.images.shape == (50000, 3, 32, 32) and data.test.images.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.train.labels).tolist() == [5000] * 10
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
-    assert data.classes == D.CLASS_NAMES
+    assert data.classes == D.CLASS_NAMES and not data.synthetic
     mean = data.train.images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4)

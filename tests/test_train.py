@@ -32,8 +32,10 @@ def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthet
     folder = tmp_path / "run"
     assert {p.name for p in folder.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "model.pt"}
     info = json.loads((folder / "config.json").read_text())
-    assert info["config"]["num_epochs"] == 2 and info["resolved"]["precision"] == "fp32"
-    assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+    assert info["config"]["num_epochs"] == 2
+    assert info["resolved"] == run.config.resolved(torch.device("cpu"))  # the "auto" choices, recorded
+    assert info["torch"] == torch.__version__ and info["device"].startswith("cpu (")
+    assert info["cpu"] and isinstance(info["cpu_native_bf16"], bool)
     assert info["data"]["fingerprint"] == synthetic_data.fingerprint and info["data"]["train"] == 2000
     assert list(_rows(folder, drop=())[0]) == ["epoch", "train_loss", "train_acc", "test_loss",
                                                 "test_acc", "lr", "seconds"]
@@ -101,9 +103,9 @@ def test_a_checkpoint_of_another_architecture_is_refused_clearly(synthetic_data,
     with pytest.raises(T.ResumeError, match="backbone_out_channels: checkpoint 16, now 32"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True,
               **dict(SMALL, backbone_out_channels=32))
-    with pytest.raises(T.ResumeError, match="already holds a run"):
+    with pytest.raises(T.RunFolderError, match="already holds files"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
-    with pytest.raises(T.ResumeError, match="nothing to resume"):
+    with pytest.raises(T.ResumeError, match="holds no run to continue"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "empty", num_epochs=2, resume=True, **SMALL)
 
 
@@ -120,7 +122,7 @@ def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
         return result
 
     monkeypatch.setattr(Ranger, "step", poisoning_step)
-    with pytest.raises(T.TrainingDiverged, match=r"at epoch 2, step 6 of 63"):
+    with pytest.raises(T.TrainingDiverged, match=r"Epoch 2 was not finite: NaN or infinity in the training loss \(first at step 6\)"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **SMALL)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
@@ -168,8 +170,12 @@ def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
     loaded = T.load_run(tmp_path / "run", device="cpu")
     assert loaded.classes == synthetic_data.classes and len(loaded.history) == 1
     images = synthetic_data.test
-    assert torch.equal(T.infer(loaded.model, images), T.infer(run.model, images))
-    assert T.evaluate(loaded.model, images, "cpu")["acc"] == pytest.approx(loaded.history[0]["test_acc"])
+    chosen = loaded.config.resolved(torch.device("cpu"))  # as fit evaluated: same precision and layout
+    assert loaded.model.backbone.blocks[0].convs[0][0].weight.is_contiguous(
+        memory_format=torch.channels_last) == chosen["channels_last"]
+    same = dict(precision=chosen["precision"], channels_last=chosen["channels_last"])
+    assert torch.equal(T.infer(loaded.model, images, **same), T.infer(run.model, images, **same))
+    assert T.evaluate(loaded.model, images, "cpu", **same)["acc"] == loaded.history[0]["test_acc"]
 
 
 def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, capsys):
