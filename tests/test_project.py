@@ -1,5 +1,7 @@
 """The project's promises about itself: environment files agree, notebooks are clean and parameterized."""
 import ast
+import importlib.util
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -80,3 +82,27 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     assert "make demo" in readme and "make test" in readme
     assert "papermill notebooks/03_train.ipynb out.ipynb -p num_epochs 60" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def _notebook_metadata_module():
+    """tests/browser/notebook_metadata.py, the script that writes the canonical metadata."""
+    path = ROOT / "tests" / "browser" / "notebook_metadata.py"
+    spec = importlib.util.spec_from_file_location("notebook_metadata", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS_DIR.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebooks_hold_the_metadata_jupyterlab_writes_so_they_open_unmodified(path):
+    notebook_metadata = _notebook_metadata_module()
+    text = path.read_text(encoding="utf-8")
+    wanted = notebook_metadata.canonical_metadata()
+    # JupyterLab also compares the kernel's Python version, which follows the Python at hand:
+    # any version passes here; the script writes the one of the Python that runs it.
+    version = json.loads(text)["metadata"].get("language_info", {}).get("version")
+    assert isinstance(version, str) and version.count(".") == 2, "language_info lacks the Python version"
+    wanted["language_info"]["version"] = version
+    assert text == notebook_metadata.normalized(text, wanted), (
+        f"{path.name}: metadata or JSON layout differs from what JupyterLab writes; "
+        "run .venv/bin/python tests/browser/notebook_metadata.py")
