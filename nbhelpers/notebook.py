@@ -6,18 +6,37 @@
 It seeds every generator, picks the device, and prints one line saying which
 device and which data the notebook will use, so that a synthetic stand-in
 can never be mistaken for CIFAR-10.
+
+In a Jupyter kernel it also makes problems read as one clear message:
+- a warning shows as one line, its category and its message, instead of the
+  temporary file name of the cell and an echo of the source line;
+- the project's own errors (a bad parameter, missing data, a run that cannot be
+  resumed, a diverged run) show as one line naming the error, instead of a
+  traceback through the library. The cell still fails, so papermill still stops
+  and exits non-zero; `%tb` in the next cell shows the full traceback.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+
 import torch
 
+from .config import check_injected_parameters
 from .data import describe_data_dir
 from .runtime import device_name, pick_device, seed_everything
+
+RED, RESET = "\x1b[31m", "\x1b[0m"  # the colour JupyterLab gives an exception's name
 
 
 def setup(seed: int = 1002, *, deterministic: bool = False, data_dir: str | None = None,
           device: str | None = None) -> torch.device:
     """Seed, pick the device, print one line naming the device (and the data, if given)."""
+    shell = jupyter_shell()
+    if shell is not None:  # first, so that describing the data already speaks briefly
+        show_problems_briefly(shell)
+        # papermill only logs a -p NAME that the parameters cell lacks: refuse it here
+        check_injected_parameters(list(shell.user_ns.get("In", [])))
     seed_everything(seed, deterministic)
     chosen = pick_device(device)
     line = f"device: {device_name(chosen)}"
@@ -25,3 +44,39 @@ def setup(seed: int = 1002, *, deterministic: bool = False, data_dir: str | None
         line += f" | data: {describe_data_dir(data_dir)}"
     print(line)
     return chosen
+
+
+def jupyter_shell():
+    """The IPython shell of a Jupyter kernel (JupyterLab's, or the one papermill starts), else None."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell else None
+    return ip if ip is not None and type(ip).__name__ == "ZMQInteractiveShell" else None
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warnings.formatwarning` without the file name and the echoed source line."""
+    return f"{category.__name__}: {message}\n"
+
+
+def project_errors() -> tuple[type[BaseException], ...]:
+    """The errors nbhelpers raises on purpose, each with a message that says what to do."""
+    from .config import ConfigError
+    from .data import CIFAR10DataError
+    from .train import ResumeError, TrainingDiverged  # train imports the model: only when asked
+
+    return ConfigError, CIFAR10DataError, ResumeError, TrainingDiverged
+
+
+def brief_error(shell, etype, value, tb, tb_offset=None) -> None:
+    """IPython's custom exception handler: one red line instead of the traceback."""
+    # Kept where %tb and %debug look for the last error.
+    sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb
+    # _showtraceback is the shell's hook for displaying a traceback: in a kernel it
+    # sends an error output, which fails the cell (and a papermill run).
+    shell._showtraceback(etype, value, [f"{RED}{etype.__name__}{RESET}: {value}"])
+
+
+def show_problems_briefly(shell) -> None:
+    """One line per warning, one line per project error, in the notebook of `shell`."""
+    warnings.formatwarning = one_line_warning
+    shell.set_custom_exc(project_errors(), brief_error)

@@ -2,36 +2,39 @@
 
 `fit` makes one `Progress` per call and tells it about every step and every
 finished epoch; how that shows depends on where the code runs:
-- "bar": tqdm's bar (a widget in JupyterLab, text in a terminal) and a line per epoch;
+- "bar": tqdm's bar (a widget in JupyterLab, text in a terminal) and a line per
+  epoch; in a Jupyter kernel also the loss and accuracy curves, redrawn in place
+  after every epoch;
 - "log": only the line per epoch, for papermill `--log-output` and CI logs;
 - "none": nothing.
 """
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import sys
 
 from tqdm.auto import tqdm
 
 from .config import AUTO
+from .notebook import jupyter_shell
 
 
 def _widget_notebook() -> bool:
     """In a Jupyter kernel that can draw tqdm's widget bar (ipywidgets installed)?"""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell else None
-    if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
-        return False
     # Without ipywidgets tqdm falls back to a text bar, one output per update.
-    return importlib.util.find_spec("ipywidgets") is not None
+    return jupyter_shell() is not None and importlib.util.find_spec("ipywidgets") is not None
 
 
 def progress_mode(requested: str) -> str:
-    """"auto": a bar where one can be drawn (JupyterLab with widgets, a terminal), else log lines.
+    """"auto": a bar where one can be drawn (a Jupyter kernel with widgets, a terminal), else log lines.
 
-    Epoch lines are printed in both "bar" and "log" modes, so that
+    papermill runs the notebooks in a Jupyter kernel too, so "auto" gives the bar
+    there as well. Epoch lines are printed in both "bar" and "log" modes, so that
     `papermill --log-output` shows one plain line per epoch: the bar's widget
-    shows up in that log only once, when it is created.
+    shows up in that log only once, when it is created, and the live curves never
+    (they carry no text, and papermill logs no display updates).
     """
     if requested != AUTO:
         return requested
@@ -48,14 +51,64 @@ def epoch_line(row: dict[str, float], num_epochs: int) -> str:
     return " | ".join(parts)
 
 
+def curves_png(history: list[dict[str, float]], num_epochs: int, dpi: int = 72) -> bytes:
+    """`plots.training_curves` of the epochs so far, on the axis of the whole run, as PNG bytes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from .plots import training_curves  # plots imports torch and matplotlib: only when drawing
+
+    fig = training_curves(history)
+    try:
+        for ax in fig.axes:  # the epochs still to come stay visible as the room left to fill
+            ax.set_xlim(0.5, num_epochs + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for text in list(fig.axes[1].texts):
+            # Its "final test" note is not final mid-run; the epoch lines below give the numbers.
+            text.remove()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        return buffer.getvalue()
+    finally:
+        # An open pyplot figure would be drawn once more when the cell ends.
+        plt.close(fig)
+
+
+class LiveCurves:
+    """One output below the bar, redrawn after every epoch and cleared when training ends.
+
+    The output is created empty at the start, so that it stays right under the
+    bar while the epoch lines accumulate below it. It holds only a PNG and no
+    text, so papermill's `--log-output` never prints it. When training finishes,
+    the output is emptied: the notebook draws the final curves itself (03 does,
+    right after training) and a second copy would only repeat them. When training
+    stops with an error or an interrupt, the last curves stay, to show how far it got.
+    """
+
+    def __init__(self, num_epochs: int):
+        from IPython.display import display
+
+        self.num_epochs = num_epochs
+        self.handle = display({"text/html": ""}, raw=True, display_id=True)
+
+    def update(self, history: list[dict[str, float]]) -> None:
+        png = base64.b64encode(curves_png(history, self.num_epochs)).decode("ascii")
+        self.handle.update({"image/png": png}, raw=True)
+
+    def close(self, finished: bool) -> None:
+        if finished:
+            self.handle.update({"text/html": ""}, raw=True)
+
+
 class Progress:
-    """The bar and the epoch lines of one `fit` call."""
+    """The bar, the epoch lines and the live curves of one `fit` call."""
 
     def __init__(self, requested: str, total_steps: int, num_epochs: int):
         self.mode = progress_mode(requested)
         self.num_epochs = num_epochs
         self.bar = tqdm(total=total_steps, desc="training", unit="step",
                         disable=(self.mode != "bar"), dynamic_ncols=True)
+        self.curves = LiveCurves(num_epochs) if self.mode == "bar" and jupyter_shell() is not None else None
 
     def start_epoch(self, epoch: int) -> None:
         self.bar.set_description(f"epoch {epoch}/{self.num_epochs}")
@@ -64,10 +117,15 @@ class Progress:
         self.bar.update()
 
     def end_epoch(self, history: list[dict[str, float]]) -> None:
-        """After each epoch: its line (history[-1]); `history` holds every epoch so far."""
+        """After each epoch: its line (history[-1]) and the curves; `history` holds every epoch so far."""
         if self.mode in ("bar", "log"):
             line = epoch_line(history[-1], self.num_epochs)
             (self.bar.write if self.mode == "bar" else print)(line)
+        if self.curves is not None:
+            self.curves.update(history)
 
     def close(self) -> None:
         self.bar.close()
+        if self.curves is not None:
+            # `fit` calls this from a `finally`: an exception on its way out means training stopped early.
+            self.curves.close(finished=sys.exc_info()[0] is None)

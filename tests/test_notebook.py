@@ -1,0 +1,117 @@
+"""What a student sees in a notebook: setup()'s one-line warnings and errors, the live training curves.
+
+These run small notebooks in a real Jupyter kernel through papermill, the way
+the series runs, and read the outputs the kernel produced.
+"""
+import warnings
+
+import nbformat
+import papermill
+import pytest
+
+from nbhelpers.notebook import one_line_warning
+
+
+def _execute(tmp_path, *sources: str):
+    """Run the cells in a python3 kernel; the executed notebook, and papermill's error if a cell failed."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata.kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                    "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    error = None
+    with warnings.catch_warnings():  # papermill's and jupyter_client's own chatter
+        warnings.simplefilter("ignore")
+        try:
+            papermill.execute_notebook(tmp_path / "in.ipynb", tmp_path / "out.ipynb", kernel_name="python3",
+                                       cwd=str(tmp_path), progress_bar=False)
+        except papermill.PapermillExecutionError as raised:
+            error = raised
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    # papermill puts a markdown banner above a failed run: keep only the cells given here
+    return [cell for cell in executed.cells if cell.cell_type == "code"], error
+
+
+def test_a_warning_formats_as_its_category_and_message_only():
+    line = one_line_warning("not the official copy", UserWarning, "/tmp/ipykernel_1/123.py", 7, "source")
+    assert line == "UserWarning: not the official copy\n"
+
+
+def test_after_setup_warnings_are_one_line_and_project_errors_one_message_and_the_run_still_fails(tmp_path):
+    cells, error = _execute(
+        tmp_path,
+        "from nbhelpers.notebook import setup\ndevice = setup(seed=1)",
+        "import warnings\nfrom nbhelpers.data import UnofficialCopyWarning\n"
+        "warnings.warn('not the official copy', UnofficialCopyWarning)",
+        "from nbhelpers.config import TrainConfig\nTrainConfig(num_epochs=-1)",
+        "print('not reached')",
+    )
+    warned = [o for o in cells[1].outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert "".join(o.text for o in warned) == "UnofficialCopyWarning: not the official copy\n"
+
+    failed = [o for o in cells[2].outputs if o.output_type == "error"]
+    assert len(failed) == 1 and failed[0].ename == "ConfigError"
+    assert len(failed[0].traceback) == 1, "one line, not a traceback through the library"
+    assert "ConfigError" in failed[0].traceback[0] and "num_epochs" in failed[0].traceback[0]
+
+    # The cell still fails: papermill stops there and reports the error (its CLI exits non-zero).
+    assert error is not None and error.ename == "ConfigError"
+    assert cells[3].execution_count is None and not cells[3].outputs
+
+
+def test_other_errors_keep_their_traceback(tmp_path):
+    cells, error = _execute(tmp_path, "from nbhelpers.notebook import setup\ndevice = setup(seed=1)",
+                            "def f():\n    raise KeyError('x')\nf()")
+    failed = [o for o in cells[1].outputs if o.output_type == "error"]
+    assert error is not None and failed[0].ename == "KeyError" and len(failed[0].traceback) > 1
+
+
+HISTORY = """
+history = [dict(epoch=e, train_loss=2.0 / e, train_acc=20.0 * e, test_loss=2.1 / e, test_acc=18.0 * e,
+                lr=0.01, seconds=1.0) for e in (1, 2, 3)]
+from nbhelpers.progress import Progress
+
+def train(mode, fail=False):
+    progress = Progress(mode, total_steps=6, num_epochs=3)
+    try:
+        for epoch in (1, 2, 3):
+            progress.start_epoch(epoch)
+            progress.step()
+            progress.step()
+            progress.end_epoch(history[:epoch])
+            if fail and epoch == 2:
+                raise RuntimeError("stopped")
+    finally:
+        progress.close()
+"""
+
+
+def _images(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+def _epoch_lines(cell) -> list[str]:
+    text = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+    return [line for line in text.splitlines() if line.startswith("epoch")]
+
+
+@pytest.mark.parametrize("mode", ["log", "none"])
+def test_log_and_none_modes_draw_no_curves_in_a_notebook(tmp_path, mode):
+    cells, error = _execute(tmp_path, HISTORY, f"train({mode!r})")
+    assert error is None
+    assert not [o for o in cells[1].outputs if o.output_type == "display_data"]
+    assert len(_epoch_lines(cells[1])) == (3 if mode == "log" else 0)
+
+
+def test_bar_mode_redraws_one_figure_in_place_and_clears_it_when_training_ends(tmp_path):
+    cells, error = _execute(
+        tmp_path, HISTORY,
+        "train('bar')",
+        "try:\n    train('bar', fail=True)\nexcept RuntimeError:\n    pass",
+        "import matplotlib.pyplot as plt\nassert not plt.get_fignums(), 'no pyplot figure left open'")
+    assert error is None
+    finished, stopped = cells[1], cells[2]
+    # Finished: the epoch lines, and the live output emptied (03 draws the final curves next).
+    assert len(_epoch_lines(finished)) == 3 and _images(finished) == 0
+    # Stopped after epoch 2: the curves stay, as one output redrawn in place, not one per epoch.
+    assert len(_epoch_lines(stopped)) == 2 and _images(stopped) == 1
