@@ -21,7 +21,7 @@ sweep: $(STAMP)
 # Unit tests, then all four notebooks through nbval on reduced settings.
 test: $(STAMP)
 	rm -rf $(NBVAL)
-	$(PY) -m nbhelpers.series --demo --prepare-only $(NBVAL)
+	$(PY) -m nbhelpers.series --quick --prepare-only $(NBVAL)
 	$(PY) -m pytest tests $(NBVAL) --nbval-lax
 
 # JupyterLab on the project, opened on the series, with the kernel the tests use.

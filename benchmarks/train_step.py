@@ -6,8 +6,11 @@
     deterministic cuDNN, the per-parameter Ranger, torchvision's DataLoader
     with PIL transforms and 2 workers, and .item() after every step;
 (b) nbhelpers as `fit` runs it: batches cut on the device, the model with
-    bf16 autocast, channels_last and torch.compile where the device is CUDA,
-    Ranger on flat buffers, sums kept on the device.
+    bf16 autocast, channels_last and torch.compile where the device is CUDA
+    (on a CPU: channels_last, and bf16 where the CPU has it natively), Ranger
+    on flat buffers, sums kept on the device;
+(c) on a CPU also nbhelpers' former CPU default (fp32, NCHW), to show what
+    the per-CPU "auto" choice gains.
 Both include OneCycleLR. It prints the ratio, the TFLOP/s of each, and the
 fraction of this device's own matmul rate measured in the same run (bf16 on
 CUDA, fp32 on a CPU), and it measures nbhelpers' overhead outside forward,
@@ -85,9 +88,15 @@ class ConstantLogits(torch.nn.Module):
         return self.logits.expand(len(images), -1)
 
 
-def nbhelpers_path(width, batch, steps, device, data, check_syncs: bool, repeats: int) -> dict:
+# Before "auto" chose per CPU, a CPU ran in fp32 with NCHW tensors; kept as a row to compare.
+OLD_CPU_DEFAULT = dict(precision="fp32", channels_last=False)
+
+
+def nbhelpers_path(width, batch, steps, device, data, check_syncs: bool, repeats: int,
+                   **overrides) -> dict:
     """Seconds per step of fit's loop, its overhead, and the evaluation of the test set."""
-    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch)
+    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch,
+                         **overrides)
     seed_everything(config.rand_seed)
     model, step_model, optimizer, chosen = build_training(config, device)
     subset = Split(data.train.images[:steps * batch], data.train.labels[:steps * batch])
@@ -165,7 +174,14 @@ def main() -> None:
     ours = nbhelpers_path(width, args.batch, steps, device, data, check_syncs=cuda, repeats=args.repeats)
     results["nbhelpers"] = dict(ours, seconds_per_epoch=ours["per_step"] * steps_per_epoch + ours["eval_seconds"],
                                 tflops=flop_per_step / ours["per_step"] / 1e12)
-    rows = [("nbhelpers", results["nbhelpers"])]
+    label = f"nbhelpers ({ours['precision']}, {'NHWC' if ours['channels_last'] else 'NCHW'})"
+    rows = [(label, results["nbhelpers"])]
+    if device.type == "cpu":  # what "auto" gained on this CPU over the fp32 NCHW default it replaced
+        old = nbhelpers_path(width, args.batch, steps, device, data, check_syncs=False,
+                             repeats=args.repeats, **OLD_CPU_DEFAULT)
+        results["nbhelpers_old_cpu_default"] = dict(old, tflops=flop_per_step / old["per_step"] / 1e12)
+        results["speedup_vs_old_cpu_default"] = old["per_step"] / ours["per_step"]
+        rows.insert(0, ("old default (fp32, NCHW)", results["nbhelpers_old_cpu_default"]))
     if not args.skip_seed:
         seed_step = seed_path(width, args.batch, steps, device, data.folder.parent, args.repeats)
         results["seed"] = {"per_step": seed_step, "seconds_per_epoch_train": seed_step * steps_per_epoch,
@@ -176,13 +192,15 @@ def main() -> None:
     print(f"\n{results['machine']['device']}, width {width}, batch {args.batch}, {steps} timed steps; "
           f"matmul {peak / 1e12:.1f} TFLOP/s ({peak_dtype})")
     for name, row in rows:
-        print(f"{name:<16} {row['per_step'] * 1e3:9.1f} ms/step  {row['per_step'] * steps_per_epoch:8.1f} s/epoch "
+        print(f"{name:<26} {row['per_step'] * 1e3:9.1f} ms/step  {row['per_step'] * steps_per_epoch:8.1f} s/epoch "
               f"(training)  {row['tflops']:7.2f} TFLOP/s  {row['tflops'] * 1e12 / peak:6.1%} of matmul")
     print(f"nbhelpers: epoch with evaluation {results['nbhelpers']['seconds_per_epoch']:.1f} s; "
           f"overhead outside forward/backward/optimizer {ours['overhead']:.1%}"
           + (f"; host syncs in a {steps}-step epoch: {ours['syncs_in_epoch_of_%d_steps' % steps]}" if cuda else ""))
     if "speedup_vs_seed" in results:
-        print(f"speedup vs the seed: {results['speedup_vs_seed']:.1f}x")
+        print(f"speedup vs the seed: {results['speedup_vs_seed']:.2f}x")
+    if "speedup_vs_old_cpu_default" in results:
+        print(f"speedup vs the old CPU default: {results['speedup_vs_old_cpu_default']:.2f}x")
     write_results(f"train_step_{device.type}_w{width}", results)
 
 

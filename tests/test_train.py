@@ -206,3 +206,24 @@ def test_the_training_loop_reads_nothing_back_from_the_device_per_step(synthetic
     monkeypatch.undo()
     assert len(loader) == 10 and result["first_bad_step"] == -1
     assert reads == ["tolist"]  # the one read at the end of the epoch
+
+
+def test_the_gpu_code_paths_train_checkpoint_and_resume_on_a_cpu(synthetic_data, tmp_path):
+    """torch.compile over Ranger's flat parameter buffer, channels_last and bf16 autocast, as on CUDA.
+
+    So that the first GPU run does not meet these paths for the first time:
+    a compiled model trains, its checkpoint resumes (Ranger lays the loaded
+    state out flat again under the compiled graph), and it keeps learning.
+    """
+    gpu_like = dict(SMALL, compile=True, channels_last=True, precision="bf16", train_subset=320,
+                    deterministic=False)
+    first = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **gpu_like)
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["resolved"] == {"precision": "bf16", "compile": True, "channels_last": True}
+    resumed = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True, **gpu_like)
+    assert [row["epoch"] for row in resumed.history] == [1, 2] and resumed.finished
+    assert len(first.step_lrs) == len(resumed.step_lrs) == 10  # the schedule went on where it stopped
+    assert resumed.step_lrs[0] == pytest.approx(T.learning_rates(resumed.config, 10)[10])
+    assert all(torch.isfinite(v).all() for v in resumed.model.state_dict().values() if v.is_floating_point())
+    assert resumed.history[-1]["train_loss"] < resumed.history[0]["train_loss"]
+    assert (tmp_path / "run" / "model.pt").exists()
