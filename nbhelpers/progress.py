@@ -4,7 +4,8 @@
 finished epoch; how that shows depends on where the code runs:
 - "bar": tqdm's bar (a widget in JupyterLab, text in a terminal) and a line per
   epoch; in a Jupyter kernel also the loss and accuracy curves, redrawn in place
-  after every epoch;
+  after every epoch (skipping epochs only where drawing would cost more than
+  DRAWING_SHARE of the time) and cleared when training ends;
 - "log": only the line per epoch, for papermill `--log-output` and CI logs;
 - "none": nothing.
 """
@@ -14,11 +15,16 @@ import base64
 import importlib.util
 import io
 import sys
+import time
 
 from tqdm.auto import tqdm
 
 from .config import AUTO
 from .notebook import jupyter_shell
+
+# Drawing the curves takes a few tenths of a second, in the training loop's thread: at most
+# this share of the training time goes to it (on a GPU some epochs then skip their redraw).
+DRAWING_SHARE = 0.05
 
 
 def _widget_notebook() -> bool:
@@ -75,7 +81,7 @@ def curves_png(history: list[dict[str, float]], num_epochs: int, dpi: int = 72) 
 
 
 class LiveCurves:
-    """One output below the bar, redrawn after every epoch and cleared when training ends.
+    """One output below the bar, redrawn after the epochs and cleared when training ends.
 
     The output is created empty at the start, so that it stays right under the
     bar while the epoch lines accumulate below it. It holds only a PNG and no
@@ -90,10 +96,18 @@ class LiveCurves:
 
         self.num_epochs = num_epochs
         self.handle = display({"text/html": ""}, raw=True, display_id=True)
+        self.drawn_at = self.draw_seconds = 0.0
 
     def update(self, history: list[dict[str, float]]) -> None:
+        if history[-1]["epoch"] >= self.num_epochs:
+            return  # the last epoch: `close` empties the output right after
+        started = time.perf_counter()
+        if started - self.drawn_at < self.draw_seconds * (1 - DRAWING_SHARE) / DRAWING_SHARE:
+            return
         png = base64.b64encode(curves_png(history, self.num_epochs)).decode("ascii")
         self.handle.update({"image/png": png}, raw=True)
+        self.drawn_at = time.perf_counter()
+        self.draw_seconds = self.drawn_at - started
 
     def close(self, finished: bool) -> None:
         if finished:

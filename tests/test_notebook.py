@@ -67,19 +67,24 @@ def test_other_errors_keep_their_traceback(tmp_path):
 
 
 HISTORY = """
-history = [dict(epoch=e, train_loss=2.0 / e, train_acc=20.0 * e, test_loss=2.1 / e, test_acc=18.0 * e,
-                lr=0.01, seconds=1.0) for e in (1, 2, 3)]
+import nbhelpers.progress as progress_module
 from nbhelpers.progress import Progress
 
+history = [dict(epoch=e, train_loss=2.0 / e, train_acc=20.0 * e, test_loss=2.1 / e, test_acc=18.0 * e,
+                lr=0.01, seconds=1.0) for e in (1, 2, 3, 4)]
+drawn = []  # the epochs whose curves were drawn
+draw = progress_module.curves_png
+progress_module.curves_png = lambda history, num_epochs: drawn.append(len(history)) or draw(history, num_epochs)
+
 def train(mode, fail=False):
-    progress = Progress(mode, total_steps=6, num_epochs=3)
+    progress = Progress(mode, total_steps=8, num_epochs=4)
     try:
-        for epoch in (1, 2, 3):
+        for epoch in (1, 2, 3, 4):
             progress.start_epoch(epoch)
             progress.step()
             progress.step()
             progress.end_epoch(history[:epoch])
-            if fail and epoch == 2:
+            if fail and epoch == 3:
                 raise RuntimeError("stopped")
     finally:
         progress.close()
@@ -90,28 +95,39 @@ def _images(cell) -> int:
     return sum("image/png" in o.get("data", {}) for o in cell.outputs)
 
 
+def _stdout(cell) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
 def _epoch_lines(cell) -> list[str]:
-    text = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
-    return [line for line in text.splitlines() if line.startswith("epoch")]
+    return [line for line in _stdout(cell).splitlines() if line.startswith("epoch")]
 
 
 @pytest.mark.parametrize("mode", ["log", "none"])
 def test_log_and_none_modes_draw_no_curves_in_a_notebook(tmp_path, mode):
-    cells, error = _execute(tmp_path, HISTORY, f"train({mode!r})")
+    cells, error = _execute(tmp_path, HISTORY, f"train({mode!r})\nprint(drawn)")
     assert error is None
     assert not [o for o in cells[1].outputs if o.output_type == "display_data"]
-    assert len(_epoch_lines(cells[1])) == (3 if mode == "log" else 0)
+    assert len(_epoch_lines(cells[1])) == (4 if mode == "log" else 0)
+    assert _stdout(cells[1]).endswith("[]\n")  # nothing drawn
 
 
 def test_bar_mode_redraws_one_figure_in_place_and_clears_it_when_training_ends(tmp_path):
     cells, error = _execute(
         tmp_path, HISTORY,
-        "train('bar')",
-        "try:\n    train('bar', fail=True)\nexcept RuntimeError:\n    pass",
+        "train('bar')\nprint(drawn)",  # epochs in no time: drawing would be all the time there is
+        "drawn.clear()\nprogress_module.DRAWING_SHARE = 1.0  # draw whatever it costs\n"
+        "train('bar')\nprint(drawn)",
+        "drawn.clear()\ntry:\n    train('bar', fail=True)\nexcept RuntimeError:\n    print(drawn)",
         "import matplotlib.pyplot as plt\nassert not plt.get_fignums(), 'no pyplot figure left open'")
     assert error is None
-    finished, stopped = cells[1], cells[2]
-    # Finished: the epoch lines, and the live output emptied (03 draws the final curves next).
-    assert len(_epoch_lines(finished)) == 3 and _images(finished) == 0
-    # Stopped after epoch 2: the curves stay, as one output redrawn in place, not one per epoch.
-    assert len(_epoch_lines(stopped)) == 2 and _images(stopped) == 1
+    throttled, finished, stopped = cells[1], cells[2], cells[3]
+    # Drawing takes at most DRAWING_SHARE of the time: here only the first epoch is drawn.
+    assert _stdout(throttled).endswith("[1]\n")
+    # Every epoch but the last is drawn (the last would be cleared at once), into one output,
+    # which is emptied when training ends (03 draws the final curves next).
+    assert _stdout(finished).endswith("[1, 2, 3]\n")
+    assert len(_epoch_lines(finished)) == 4 and _images(finished) == 0
+    # Stopped after epoch 3: the curves stay, as one output redrawn in place, not one per epoch.
+    assert _stdout(stopped).endswith("[1, 2, 3]\n")
+    assert len(_epoch_lines(stopped)) == 3 and _images(stopped) == 1
