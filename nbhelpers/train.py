@@ -106,20 +106,32 @@ def build_training(config: TrainConfig, device: torch.device, num_classes: int =
     return model, step_model, optimizer, chosen
 
 
-def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
-    """The learning rate of every training step of a run, without training."""
-    optimizer = Ranger([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
+def schedule_trace(config: TrainConfig, steps_per_epoch: int) -> dict[str, list[float]]:
+    """The learning rate and beta1 of every training step of a run, without training.
+
+    OneCycleLR moves both: the rate up then down, beta1 (Ranger's, Adam's or
+    SGD's momentum) the other way. The trace is built with the run's own
+    optimizer class, so that it is exactly what training will see.
+    """
+    optimizer = build_optimizer(torch.nn.Linear(1, 1), config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    rates = []
+    group = optimizer.param_groups[0]
+    trace: dict[str, list[float]] = {"lr": [], "beta1": []}
     for _ in range(config.num_epochs):
         for _ in range(steps_per_epoch):
-            rates.append(optimizer.param_groups[0]["lr"])
+            trace["lr"].append(group["lr"])
+            trace["beta1"].append(group["betas"][0] if "betas" in group else group["momentum"])
             optimizer.step()  # a no-op without gradients; the scheduler expects it first
             if config.scheduler_step == "batch":
                 scheduler.step()
         if config.scheduler_step == "epoch":
             scheduler.step()
-    return rates
+    return trace
+
+
+def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every training step of a run, without training."""
+    return schedule_trace(config, steps_per_epoch)["lr"]
 
 
 # --------------------------------------------------------------------------

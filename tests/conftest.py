@@ -29,3 +29,20 @@ def real_root() -> Path:
     if not (DATA_DIR / FOLDER).is_dir():
         pytest.skip(f"no CIFAR-10 in {DATA_DIR}; .ci/run builds it from ../shared")
     return DATA_DIR
+
+
+@pytest.fixture
+def after_step(monkeypatch):
+    """after_step(n, action): call action(optimizer) right after Ranger's n-th step in this test."""
+    from nbhelpers.ranger import Ranger
+    original, count = Ranger.step, {"steps": 0}
+
+    def arm(step: int, action) -> None:
+        def counting_step(self, closure=None):
+            result = original(self, closure)
+            count["steps"] += 1
+            if count["steps"] == step:
+                action(self)
+            return result
+        monkeypatch.setattr(Ranger, "step", counting_step)
+    return arm

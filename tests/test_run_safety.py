@@ -15,7 +15,6 @@ import torch
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError
 from nbhelpers.data import write_synthetic_cifar10
-from nbhelpers.ranger import Ranger
 from nbhelpers.runs import RunFolderError, ResumeError, latest_run_dir, load_run
 
 TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subset=320,
@@ -43,28 +42,21 @@ def test_1_a_finished_run_without_its_checkpoint_is_never_overwritten(synthetic_
 
 # 2 ---------------------------------------------------------------------------
 def test_2_an_epoch_with_broken_batchnorm_statistics_is_not_checkpointed(
-        synthetic_data, tmp_path, monkeypatch):
+        synthetic_data, tmp_path, monkeypatch, after_step):
     """The training loss stays finite (training BatchNorm uses batch statistics), evaluation does not."""
-    steps = {"count": 0}
-    original = Ranger.step
-
-    def poisoning_step(self, closure=None):
-        result = original(self, closure)
-        steps["count"] += 1
-        if steps["count"] == 10 + 3:  # epoch 2 (10 steps of 32 images each), its third step
-            bn = next(m for m in poisoning_step.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-            bn.running_var.fill_(float("nan"))  # what an overflowing variance becomes
-        return result
-
+    built = {}
     original_build = T.build_training
 
     def build_and_remember(*args, **kwargs):
-        built = original_build(*args, **kwargs)
-        poisoning_step.model = built[0]
-        return built
+        built["model"], *rest = original_build(*args, **kwargs)
+        return (built["model"], *rest)
 
-    monkeypatch.setattr(Ranger, "step", poisoning_step)
+    def poison_running_variance(optimizer):  # what an overflowing variance becomes
+        bn = next(m for m in built["model"].modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var.fill_(float("nan"))
+
     monkeypatch.setattr(T, "build_training", build_and_remember)
+    after_step(10 + 3, poison_running_variance)  # epoch 2 (10 steps of 32 images each), its third step
     with pytest.raises(T.TrainingDiverged) as info:
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **TINY)
     message = str(info.value)

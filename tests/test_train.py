@@ -13,7 +13,6 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from nbhelpers import train as T
 from nbhelpers.config import make_config
-from nbhelpers.ranger import Ranger
 
 # A small width and batch: seconds per epoch on a CPU.
 SMALL = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, progress="none",
@@ -110,18 +109,9 @@ def test_a_checkpoint_of_another_architecture_is_refused_clearly(synthetic_data,
 
 
 def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
-        synthetic_data, tmp_path, monkeypatch):
-    steps = {"count": 0}
-    original = Ranger.step
-
-    def poisoning_step(self, closure=None):
-        result = original(self, closure)
-        steps["count"] += 1
-        if steps["count"] == 63 + 5:  # epoch 2 has 63 steps of 32 images; poison its 5th
-            self.param_groups[0]["params"][0].data.fill_(float("nan"))
-        return result
-
-    monkeypatch.setattr(Ranger, "step", poisoning_step)
+        synthetic_data, tmp_path, after_step):
+    # epoch 2 has 63 steps of 32 images; poison the weights after its 5th
+    after_step(63 + 5, lambda optimizer: optimizer.param_groups[0]["params"][0].data.fill_(float("nan")))
     with pytest.raises(T.TrainingDiverged, match=r"Epoch 2 was not finite: NaN or infinity in the training loss \(first at step 6\)"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **SMALL)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
