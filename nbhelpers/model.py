@@ -5,7 +5,8 @@ spatial mean and gives every sample `num_conv_layer` weights; the branches
 (conv3x3 -> BatchNorm -> LeakyReLU -> MaxPool 2x2) each see the same input;
 the block's output is the weighted sum of the branches. The weights depend
 on the sample, so the block chooses, per image, which branch to listen to: a
-form of attention over branches.
+form of attention over branches. `BasicBlock.mixing_override` lets analysis
+code (nbhelpers.branches) record those weights or replace them.
 
 Compared with the seed's code the function and the parameter names are the
 same, but:
@@ -24,6 +25,7 @@ activations made a step about 30% slower.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +41,42 @@ def conv_branch(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.LeakyReLU(inplace=True))
 
 
+MixingOverride = Callable[[torch.Tensor], torch.Tensor]
+
+
 class BasicBlock(nn.Module):
-    """`num_conv_layer` conv branches on one input, mixed by per-sample weights."""
+    """`num_conv_layer` conv branches on one input, mixed by per-sample weights.
+
+    `mixing_override` lets analysis code look at or change the mixing without
+    touching the weights of the model. It is None by default, and then the block
+    does exactly the seed's computation. Set to a function, the function receives
+    the per-image weights the block computed, a (batch, branches) tensor, and
+    returns the weights the block uses instead (same shape, or one that
+    broadcasts to it). `nbhelpers.branches` uses it to record the weights, to
+    replace them by fixed ones (their mean over a test set), and to remove a
+    branch (its weight set to 0).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, num_conv_layer: int):
         super().__init__()
         self.linear = nn.Linear(in_channels, num_conv_layer)
         self.convs = nn.ModuleList(conv_branch(in_channels, out_channels)
                                    for _ in range(num_conv_layer))
+        self.mixing_override: MixingOverride | None = None
+
+    def branch_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """a = LeakyReLU(Linear(spatial mean of x)): one weight per image and branch.
+
+        LeakyReLU keeps positive values and multiplies negative ones by 0.01, so
+        the weights are not normalized (no softmax: they need not sum to 1) and
+        can be slightly negative.
+        """
+        return F.leaky_relu(self.linear(x.mean(dim=(2, 3))))              # (B, branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = F.leaky_relu(self.linear(x.mean(dim=(2, 3))))          # (B, branches)
+        weights = self.branch_weights(x)
+        if self.mixing_override is not None:  # analysis only; None in training
+            weights = self.mixing_override(weights).expand_as(weights)
         mixed = None
         for j, branch in enumerate(self.convs):
             weight = weights[:, j].view(-1, 1, 1, 1)
