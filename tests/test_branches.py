@@ -197,7 +197,7 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
         ("block 0: without branch 2", 49.8), ("block 1: without branch 0", 12.0),
         ("block 1: without branch 1", 50.0), ("block 1: without branch 2", 44.0)]]
     note = describe_ablation(rows, weights)
-    assert "45.00% (-5.00 pp); the largest change for one block: block 1, -2.50 pp" in note
+    assert "45.00% (-5.00 pp); one block at a time: block 0 -1.00 pp, block 1 -2.50 pp" in note
     assert "removing a branch in use: -40.00 to -6.00 pp" in note
     assert "removing a branch not in use: -0.20 to +0.50 pp" in note
     assert note.endswith("blocks that use more than one branch: block 1 (0, 2)")
