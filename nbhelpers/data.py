@@ -80,19 +80,30 @@ def _error(root: Path, problem: str, fix: str = HOW_TO_REPAIR) -> CIFAR10DataErr
     return CIFAR10DataError(f"{problem}. " + fix.format(root=root, folder=FOLDER))
 
 
+def _read_meta(root: str | os.PathLike | None) -> dict | None:
+    """batches.meta under the data root, or None where it is missing or unreadable."""
+    try:
+        with open(resolve_data_root(root) / FOLDER / META_FILE, "rb") as fh:
+            return pickle.load(fh, encoding="latin1")
+    except Exception:
+        return None
+
+
+def is_synthetic(root: str | os.PathLike | None = None) -> bool:
+    """Is the copy under the data root the synthetic stand-in (its batches.meta says so)?"""
+    return bool((_read_meta(root) or {}).get("synthetic"))
+
+
 def describe_data_dir(root: str | os.PathLike | None = None) -> str:
     """One line on the copy under the data root, read from its batches.meta only (no loading)."""
     folder = resolve_data_root(root) / FOLDER
-    meta = folder / META_FILE
-    if not meta.is_file():
-        return f"no CIFAR-10 at {folder} yet"
-    try:
-        with open(meta, "rb") as fh:
-            info = pickle.load(fh, encoding="latin1")
-    except Exception:
-        return f"{folder} (its {META_FILE} does not load)"
-    if info.get("synthetic"):
-        return f"SYNTHETIC stand-in at {folder}, not CIFAR-10 (classes: {', '.join(info['label_names'])})"
+    meta = _read_meta(root)
+    if meta is None:
+        return f"no CIFAR-10 at {folder} yet" if not folder.is_dir() else \
+            f"{folder} (its {META_FILE} is missing or does not load)"
+    if meta.get("synthetic"):
+        return (f"SYNTHETIC stand-in at {folder}, not CIFAR-10 "
+                f"(classes: {', '.join(meta['label_names'])})")
     return f"CIFAR-10 at {folder}"
 
 

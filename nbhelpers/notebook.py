@@ -23,9 +23,11 @@ import warnings
 import torch
 
 from .config import check_injected_parameters
-from .data import describe_data_dir
+from . import plots
+from .data import describe_data_dir, is_synthetic
 from .runtime import device_name, pick_device, seed_everything
 
+SYNTHETIC_MARK = "SYNTHETIC stand-in data (stripe patterns), not CIFAR-10"
 RED, RESET = "\x1b[31m", "\x1b[0m"  # the colour JupyterLab gives an exception's name
 
 
@@ -42,6 +44,7 @@ def setup(seed: int = 1002, *, deterministic: bool = False, data_dir: str | None
     line = f"device: {device_name(chosen)}"
     if data_dir is not None:
         line += f" | data: {describe_data_dir(data_dir)}"
+        plots.mark_figures(SYNTHETIC_MARK if is_synthetic(data_dir) else None)
     print(line)
     return chosen
 

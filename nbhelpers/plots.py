@@ -20,8 +20,24 @@ MISTAKE, CORRECT = "tab:red", "tab:green"
 BRANCH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
+# Set by nbhelpers.notebook.setup when a notebook runs on the synthetic
+# stand-in: every figure saved from then on says so above everything else,
+# so that no picture of it can pass for CIFAR-10.
+_stand_in_mark: str | None = None
+
+
+def mark_figures(text: str | None) -> None:
+    """Stamp `text` on top of every figure `save` writes from now on (None: stop)."""
+    global _stand_in_mark
+    _stand_in_mark = text
+
+
 def save(fig: Figure, name: str, *folders: str | Path | None) -> None:
     """Write `fig` as NAME.png into every folder given (relative ones under the project)."""
+    if _stand_in_mark and not getattr(fig, "stand_in_marked", False):
+        fig.text(0.5, 1.0, _stand_in_mark, ha="center", va="bottom", color="tab:red",
+                 fontsize=11, fontweight="bold")
+        fig.stand_in_marked = True  # shown inline after the cell too: stamped once
     for folder in folders:
         if folder in (None, ""):
             continue

@@ -270,3 +270,26 @@ def test_the_jpeg_derived_copy_loads_with_one_warning(real_root):
     assert data.classes == D.CLASS_NAMES and not data.synthetic
     mean = data.train.images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4)
+
+
+def test_setup_on_the_stand_in_says_so_and_stamps_every_figure(tmp_path, capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nbhelpers import plots
+    from nbhelpers.notebook import setup
+    write_synthetic_cifar10(tmp_path / "fake", train_per_class=2, test_per_class=1)
+    try:
+        setup(seed=0, data_dir=str(tmp_path / "fake"), device="cpu")
+        assert "| data: SYNTHETIC stand-in at" in capsys.readouterr().out
+        fig, _ = plt.subplots()
+        plots.save(fig, "curve", tmp_path / "figures")
+        plots.save(fig, "curve", tmp_path / "figures")  # stamped once, however often saved
+        assert [t.get_text() for t in fig.texts] == ["SYNTHETIC stand-in data (stripe patterns), not CIFAR-10"]
+        setup(seed=0, data_dir=str(tmp_path / "nowhere"), device="cpu")  # real data again: no stamp
+        fig, _ = plt.subplots()
+        plots.save(fig, "curve", tmp_path / "figures")
+        assert fig.texts == []
+    finally:
+        plots.mark_figures(None)
+        plt.close("all")
