@@ -5,6 +5,8 @@ Each step of the pipeline lives in one module:
 - `nbhelpers.model`: the seed's network (`Model`), its layer table and FLOPs
 - `nbhelpers.ranger`: the Ranger optimizer (RAdam + Lookahead + GC)
 - `nbhelpers.train`: the configuration, `fit`, run folders, resume, `infer`
+- `nbhelpers.branches`: each block's per-image branch weights over a split, and the
+  ablation (weights fixed to their mean, a branch removed) that notebook 04 shows
 - `nbhelpers.plots`: the figures the notebooks show
 - `nbhelpers.runtime`: seeding, the device, where data, runs and figures go
 """
