@@ -245,8 +245,9 @@ def started(cell: dict) -> bool:
 def wait_for_cells(page, live_cell: int | None, shots: Path) -> dict:
     """Poll the prompts until no cell runs; meanwhile watch the training cell (if any).
 
-    Returns what was seen while the training cell ran: whether it showed its bar
-    and its live curves, and how many screenshots of it were taken (one per redraw).
+    Returns what was seen while the training cell ran: "bar", whether it showed its
+    progress bar, and "curves", how often its live curves were redrawn (each time
+    the cell is photographed into `shots`, so the last photo is the latest redraw).
     """
     seen = {"bar": False, "curves": 0}
     deadline = time.monotonic() + RUN_ALL_S
