@@ -344,7 +344,8 @@ def run_comparison(runs: Sequence) -> Figure:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[2].legend(fontsize=8, title=", ".join(varying) or None, title_fontsize=8)
+    axes[2].legend(fontsize=8, title=", ".join(varying) or None, title_fontsize=8,
+                   loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not on them
     fig.tight_layout()
     return fig
 
