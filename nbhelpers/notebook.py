@@ -10,8 +10,8 @@ can never be mistaken for CIFAR-10.
 In a Jupyter kernel it also makes problems read as one clear message:
 - a warning shows as one line, its category and its message, instead of the
   temporary file name of the cell and an echo of the source line;
-- the project's own errors (a bad parameter, missing data, a run that cannot be
-  resumed, a diverged run) show as one line naming the error, instead of a
+- the project's own errors (a bad parameter, missing data, a run folder that
+  cannot be used or resumed, a diverged run) show as one line naming the error, instead of a
   traceback through the library. The cell still fails, so papermill still stops
   and exits non-zero; `%tb` in the next cell shows the full traceback.
 """
@@ -65,9 +65,10 @@ def project_errors() -> tuple[type[BaseException], ...]:
     """The errors nbhelpers raises on purpose, each with a message that says what to do."""
     from .config import ConfigError
     from .data import CIFAR10DataError
-    from .train import ResumeError, TrainingDiverged  # train imports the model: only when asked
+    from .runs import RunFolderError  # also ResumeError, a kind of it
+    from .train import TrainingDiverged  # train imports the model: only when asked
 
-    return ConfigError, CIFAR10DataError, ResumeError, TrainingDiverged
+    return ConfigError, CIFAR10DataError, RunFolderError, TrainingDiverged
 
 
 def brief_error(shell, etype, value, tb, tb_offset=None) -> None:

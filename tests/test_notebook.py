@@ -9,7 +9,11 @@ import nbformat
 import papermill
 import pytest
 
-from nbhelpers.notebook import one_line_warning
+from nbhelpers.config import ConfigError
+from nbhelpers.data import CIFAR10DataError
+from nbhelpers.notebook import one_line_warning, project_errors
+from nbhelpers.runs import RunFolderError
+from nbhelpers.train import ResumeError, TrainingDiverged
 
 
 def _execute(tmp_path, *sources: str):
@@ -35,6 +39,12 @@ def _execute(tmp_path, *sources: str):
 def test_a_warning_formats_as_its_category_and_message_only():
     line = one_line_warning("not the official copy", UserWarning, "/tmp/ipykernel_1/123.py", 7, "source")
     assert line == "UserWarning: not the official copy\n"
+
+
+def test_the_project_errors_cover_parameters_data_run_folders_and_divergence():
+    for error in (ConfigError, CIFAR10DataError, RunFolderError, ResumeError, TrainingDiverged):
+        assert issubclass(error, project_errors())
+    assert not issubclass(KeyError, project_errors())
 
 
 def test_after_setup_warnings_are_one_line_and_project_errors_one_message_and_the_run_still_fails(tmp_path):
