@@ -113,25 +113,32 @@ def _epoch_lines(cell) -> list[str]:
     return [line for line in _stdout(cell).splitlines() if line.startswith("epoch")]
 
 
-@pytest.mark.parametrize("mode", ["log", "none"])
-def test_log_and_none_modes_draw_no_curves_in_a_notebook(tmp_path, mode):
-    cells, error = _execute(tmp_path, HISTORY, f"train({mode!r})\nprint(drawn)")
-    assert error is None
-    assert not [o for o in cells[1].outputs if o.output_type == "display_data"]
-    assert len(_epoch_lines(cells[1])) == (4 if mode == "log" else 0)
-    assert _stdout(cells[1]).endswith("[]\n")  # nothing drawn
-
-
-def test_bar_mode_redraws_one_figure_in_place_and_clears_it_when_training_ends(tmp_path):
+@pytest.fixture(scope="module")
+def progress_cells(tmp_path_factory):
+    """One kernel, five trainings of 4 instant epochs: log, none, bar (throttled, finished, stopped)."""
     cells, error = _execute(
-        tmp_path, HISTORY,
+        tmp_path_factory.mktemp("progress"), HISTORY,
+        "train('log')\nprint(drawn)",
+        "train('none')\nprint(drawn)",
         "train('bar')\nprint(drawn)",  # epochs in no time: drawing would be all the time there is
         "drawn.clear()\nprogress_module.DRAWING_SHARE = 1.0  # draw whatever it costs\n"
         "train('bar')\nprint(drawn)",
         "drawn.clear()\ntry:\n    train('bar', fail=True)\nexcept RuntimeError:\n    print(drawn)",
         "import matplotlib.pyplot as plt\nassert not plt.get_fignums(), 'no pyplot figure left open'")
     assert error is None
-    throttled, finished, stopped = cells[1], cells[2], cells[3]
+    return dict(zip(("log", "none", "throttled", "finished", "stopped"), cells[1:]))
+
+
+@pytest.mark.parametrize("mode", ["log", "none"])
+def test_log_and_none_modes_draw_no_curves_in_a_notebook(progress_cells, mode):
+    cell = progress_cells[mode]
+    assert not [o for o in cell.outputs if o.output_type == "display_data"]
+    assert len(_epoch_lines(cell)) == (4 if mode == "log" else 0)
+    assert _stdout(cell).endswith("[]\n")  # nothing drawn
+
+
+def test_bar_mode_redraws_one_figure_in_place_and_clears_it_when_training_ends(progress_cells):
+    throttled, finished, stopped = (progress_cells[k] for k in ("throttled", "finished", "stopped"))
     # Drawing takes at most DRAWING_SHARE of the time: here only the first epoch is drawn.
     assert _stdout(throttled).endswith("[1]\n")
     # Every epoch but the last is drawn (the last would be cleared at once), into one output,
