@@ -319,10 +319,10 @@ def _locked(lock: threading.Lock, echo, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.sweep", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="sweeps: " + "; ".join(f"{name}: {', '.join(runs)}"
-                                                                   for name, runs in SWEEPS.items()))
+                                     epilog="sweeps:\n" + "".join(f"  {name}: {', '.join(runs)}\n"
+                                                                  for name, runs in SWEEPS.items()))
     parser.add_argument("sweep", nargs="?", default="optimizers",
                         help="a sweep's name, or a JSON file {run name: {parameter: value}}")
     parser.add_argument("--size", default="auto", help="auto (full on a GPU, demo on a CPU), "
