@@ -1,12 +1,12 @@
-"""Optimizers side by side: on a 2-D toy problem, in their schedules, and as whole training runs.
+"""Optimizers side by side: on a 2-D toy problem, and as whole training runs.
 
     runs = load_runs(["runs/optimizers-demo/ranger-batch/run", ...])
     print(markdown_table(runs))                 # final and best test accuracy, seconds per epoch
     plots.run_comparison(runs)                  # the curves overlaid
 
-Notebook 03 uses the first two parts to make Ranger's recipe concrete (Lookahead's
-fast and slow weights; the learning rate and beta1 of every step); notebook 05 the
-third, on the run folders of a sweep (nbhelpers.sweep).
+Notebook 03 uses the first part to make Lookahead concrete (its fast and slow weights;
+the schedule's learning rate and beta1 per step come from nbhelpers.train.schedule_trace);
+notebook 05 the second, on the run folders of a sweep (nbhelpers.sweep).
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import TrainConfig, make_config
+from .config import make_config
 from .ranger import Ranger
 from .runs import CONFIG, HISTORY, read_history
-from .train import build_optimizer, build_scheduler
 
 # --------------------------------------------------------------------------
 # Lookahead on a 2-D problem
@@ -72,32 +71,6 @@ def ranger_path_2d(alpha: float = 0.5, k: int = 6, lr: float = 1.0, steps: int =
         fast.append(point.detach().clone())
         losses.append(valley_loss(point.detach()).item())
     return Path2D(torch.stack(fast), torch.stack(slow), losses)
-
-
-# --------------------------------------------------------------------------
-# The one-cycle schedule: learning rate and beta1 (or SGD's momentum) per step
-# --------------------------------------------------------------------------
-
-def one_cycle_trace(config: TrainConfig, steps_per_epoch: int) -> dict[str, list[float]]:
-    """The learning rate and the momentum coefficient of every training step, without training.
-
-    The optimizer and scheduler are the run's own (build_optimizer, build_scheduler) on a
-    one-parameter stand-in, stepped per batch or per epoch as config.scheduler_step says.
-    """
-    optimizer = build_optimizer(torch.nn.Linear(1, 1, bias=False), config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    group = optimizer.param_groups[0]
-    trace: dict[str, list[float]] = {"lr": [], "beta1": []}
-    for _ in range(config.num_epochs):
-        for _ in range(steps_per_epoch):
-            trace["lr"].append(group["lr"])
-            trace["beta1"].append(group["betas"][0] if "betas" in group else group["momentum"])
-            optimizer.step()  # a no-op without gradients; the scheduler expects it first
-            if config.scheduler_step == "batch":
-                scheduler.step()
-        if config.scheduler_step == "epoch":
-            scheduler.step()
-    return trace
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Runs side by side (labels, table, paired differences), the one-cycle trace, Lookahead on a 2-D valley."""
+"""Runs side by side (labels, table, paired differences) and Lookahead on a 2-D valley."""
 import json
 import math
 
@@ -8,7 +8,6 @@ import torch
 from nbhelpers import compare as C
 from nbhelpers.config import make_config
 from nbhelpers.runs import write_history
-from nbhelpers.train import learning_rates
 
 
 def _fake_run(folder, final_acc, seconds=2.0, epochs=3, **config):
@@ -57,18 +56,6 @@ def test_an_unfinished_run_says_so_and_a_folder_without_a_run_is_refused(tmp_pat
     assert "| 2 of 60 |" in C.markdown_table(C.load_runs([folder]))
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         C.load_runs([tmp_path / "nothing"])
-
-
-@pytest.mark.parametrize("optimizer", ["ranger", "sgd"])
-def test_one_cycle_trace_is_the_training_schedule_with_beta1_cycling_against_it(optimizer):
-    config = make_config(num_epochs=4, optimizer=optimizer)
-    trace = C.one_cycle_trace(config, steps_per_epoch=10)
-    assert trace["lr"] == pytest.approx(learning_rates(config, 10))
-    peak = trace["lr"].index(max(trace["lr"]))
-    assert trace["beta1"][0] == pytest.approx(0.95) and trace["beta1"][peak] == pytest.approx(0.85)
-    assert trace["beta1"][-1] == pytest.approx(0.95, abs=1e-3)
-    seed_way = C.one_cycle_trace(make_config(num_epochs=60, optimizer=optimizer, scheduler_step="epoch"), 391)
-    assert max(seed_way["lr"]) < 0.0049 and min(seed_way["beta1"]) > 0.949  # the seed: 60 x 391 steps
 
 
 def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_without():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nbhelpers.config import OPTIMIZERS, ConfigError, make_config
 from nbhelpers.ranger import rectification, rectification_term, sma_length
-from nbhelpers.train import build_model, build_optimizer, build_scheduler
+from nbhelpers.train import build_model, build_optimizer, build_scheduler, schedule_trace
 
 TINY = dict(backbone_out_channels=8, hidden_size=16, num_epochs=1)
 
@@ -68,3 +68,15 @@ def test_radam_takes_plain_momentum_steps_until_its_variance_estimate_averages_f
     rising = [rectification_term(t, beta2) for t in (6, 100, 1000, 10_000, 100_000)]
     assert rising == sorted(rising) and rising[0] < 0.05 and rising[-1] == pytest.approx(1)
     assert math.isnan(rectification_term(2, beta2))
+
+
+@pytest.mark.parametrize("optimizer", ["ranger", "adamw", "sgd"])
+def test_the_schedule_cycles_each_optimizers_beta1_against_the_learning_rate(optimizer):
+    config = make_config(num_epochs=4, optimizer=optimizer)
+    trace = schedule_trace(config, steps_per_epoch=10)
+    assert trace["lr"][0] == pytest.approx(0.1 / 25) and max(trace["lr"]) == pytest.approx(0.1)
+    peak = trace["lr"].index(max(trace["lr"]))
+    assert trace["beta1"][0] == pytest.approx(0.95) and trace["beta1"][peak] == pytest.approx(0.85)
+    assert trace["beta1"][-1] == pytest.approx(0.95, abs=1e-3)
+    seed_way = schedule_trace(make_config(num_epochs=60, optimizer=optimizer, scheduler_step="epoch"), 391)
+    assert max(seed_way["lr"]) < 0.0049 and min(seed_way["beta1"]) > 0.949  # the seed: 60 x 391 steps
