@@ -23,6 +23,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -313,6 +314,10 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _locked(lock: threading.Lock, echo, text: str) -> None:
     with lock:
         echo(text)
@@ -336,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--index", type=int, help="run only entry INDEX (0-based), e.g. "
                         "$SLURM_ARRAY_TASK_ID; finished: skipped, interrupted: resumed")
     args = parser.parse_args(argv)
+    # `kill` or a scheduler's SIGTERM stops the sweep like Ctrl-C: the run in progress
+    # is stopped with it (not orphaned) and resumes from its checkpoint next time.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder)
         if args.list:
@@ -353,6 +361,10 @@ def main(argv: list[str] | None = None) -> None:
             run_sweep(sweep, echo=lambda text: print(text, flush=True))
     except SweepError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        print("stopped: the same command continues the sweep (finished runs are skipped, "
+              "the interrupted one resumes)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
