@@ -34,15 +34,16 @@ from typing import Any
 
 from .compare import load_runs
 from .config import TrainConfig, make_config
+from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished
 from .runtime import PROJECT_ROOT, RUNS_DIR
 from .series import NOTEBOOKS_DIR
-from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
 
 # The sizes a sweep can run at: the seed's settings; a CPU demo, smaller than the
 # series' since it trains 8 runs (a narrow model, 8,000 training and 1,000 test
-# images, 3 epochs: minutes per run on two CPU cores); and the tests' size.
+# images, 3 epochs: about half a minute per run on two idle CPU cores, several
+# minutes on busy ones); and the tests' size.
 SIZES: dict[str, dict[str, Any]] = {
     "full": {},
     "demo": dict(num_epochs=3, backbone_out_channels=32, hidden_size=64,
