@@ -14,9 +14,14 @@ demo: $(STAMP)
 
 # The sweep that notebook 05 compares, resumable (README: Sweeps); SWEEP=parts for another.
 SWEEP ?= optimizers
-.PHONY: sweep
+.PHONY: sweep compare
 sweep: $(STAMP)
 	$(PY) -m nbhelpers.sweep $(SWEEP)
+
+# Notebook 05: runs what is missing of the sweep, then shows the runs side by side.
+compare: $(STAMP)
+	mkdir -p runs
+	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep $(SWEEP) --log-output
 
 # Unit tests, then all four notebooks through nbval on reduced settings.
 test: $(STAMP)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import ExplainedError
 from .runtime import cpu_has_native_bf16
 
 AUTO = "auto"
@@ -23,7 +24,7 @@ OPTIMIZERS = ("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam", "adamw",
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
-class ConfigError(ValueError):
+class ConfigError(ExplainedError, ValueError):
     """A training parameter has a value that is not allowed."""
 
 

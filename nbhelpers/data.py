@@ -26,6 +26,7 @@ from torchvision.datasets import CIFAR10 as _TorchvisionCIFAR10
 from torchvision.datasets.utils import calculate_md5, download_url
 
 from .config import ConfigError
+from .errors import ExplainedError
 from .runtime import DATA_DIR
 
 FOLDER = _TorchvisionCIFAR10.base_folder  # "cifar-10-batches-py"
@@ -55,7 +56,7 @@ HOW_TO_REPAIR = (
 )
 
 
-class CIFAR10DataError(RuntimeError):
+class CIFAR10DataError(ExplainedError, RuntimeError):
     """CIFAR-10 is missing, incomplete or damaged; the message says how to fix it."""
 
 

@@ -25,6 +25,7 @@ import torch
 from .config import check_injected_parameters
 from . import plots
 from .data import describe_data_dir, is_synthetic
+from .errors import ExplainedError
 from .runtime import device_name, pick_device, seed_everything
 
 SYNTHETIC_MARK = "SYNTHETIC stand-in data (stripe patterns), not CIFAR-10"
@@ -61,16 +62,6 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
 
 
-def project_errors() -> tuple[type[BaseException], ...]:
-    """The errors nbhelpers raises on purpose, each with a message that says what to do."""
-    from .config import ConfigError
-    from .data import CIFAR10DataError
-    from .runs import RunFolderError  # also ResumeError, a kind of it
-    from .train import TrainingDiverged  # train imports the model: only when asked
-
-    return ConfigError, CIFAR10DataError, RunFolderError, TrainingDiverged
-
-
 def brief_error(shell, etype, value, tb, tb_offset=None) -> None:
     """IPython's custom exception handler: one red line instead of the traceback."""
     # Kept where %tb and %debug look for the last error.
@@ -83,4 +74,4 @@ def brief_error(shell, etype, value, tb, tb_offset=None) -> None:
 def show_problems_briefly(shell) -> None:
     """One line per warning, one line per project error, in the notebook of `shell`."""
     warnings.formatwarning = one_line_warning
-    shell.set_custom_exc(project_errors(), brief_error)
+    shell.set_custom_exc((ExplainedError,), brief_error)  # the errors nbhelpers raises on purpose

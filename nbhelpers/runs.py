@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, make_config
+from .errors import ExplainedError
 from .runtime import RUNS_DIR, cpu_has_native_bf16, cpu_model, device_name, pick_device
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
@@ -46,7 +47,7 @@ CHECKPOINT_FORMAT = 2  # 2: the checkpoint also records the data it was trained 
 RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile"}
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(ExplainedError, RuntimeError):
     """A run folder cannot be used as asked; the message says what to do instead."""
 
 

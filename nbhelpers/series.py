@@ -29,7 +29,12 @@ from .data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
 from .runtime import PROJECT_ROOT, RUNS_DIR
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+# The series proper: data, model, training, evaluation of one run.
 NOTEBOOKS = ("01_data_exploration", "02_model", "03_train", "04_evaluate")
+# Runs side by side: its own job (`make compare`), since it trains a whole sweep;
+# the tests run it too, on a sweep of two tiny runs.
+COMPARE = "05_compare"
+ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE,)
 
 # The CPU demo: the whole training set and test set, a 32-channel model, and as
 # many epochs as two CPU cores train in about three minutes (benchmarks/RESULTS.md).
@@ -41,15 +46,23 @@ SIZES = {"full": {}, "demo": DEMO_TRAINING, "quick": QUICK_TRAINING}
 
 
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
-    """The papermill parameters of each notebook, for a size of SIZES."""
+    """The papermill parameters of each notebook, for a size of SIZES.
+
+    At the tests' size, 05 is included and compares a sweep of two tiny runs
+    of its own (per-batch and per-epoch Ranger) beside the run folder.
+    """
     common = {"figures_dir": str(figures_dir), "data_dir": data_dir}
     narrow = {"backbone_out_channels": SIZES[size]["backbone_out_channels"]} if size != "full" else {}
-    return {
+    parameters = {
         "01_data_exploration": dict(common),
         "02_model": dict(common, **narrow),
         "03_train": dict(common, run_dir=str(run_dir), **SIZES[size]),
         "04_evaluate": dict(common, run_dir=str(run_dir)),
     }
+    if size == "quick":
+        parameters[COMPARE] = dict(common, size="tiny", only="ranger-batch,ranger-epoch",
+                                   sweep_dir=str(run_dir.parent / "sweep"))
+    return parameters
 
 
 def demo_data_dir(scratch: Path) -> str:
@@ -78,7 +91,7 @@ def run_series(size: str, name: str | None = None, prepare_only: Path | None = N
     parameters = series_parameters(size, base / "run", figures, data_dir)
     out_dir = base if prepare_only else base / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for notebook in NOTEBOOKS:
+    for notebook in parameters:
         print(f"--- {notebook} ({'prepare' if prepare_only else 'run'}) {parameters[notebook]}", flush=True)
         with warnings.catch_warnings():  # papermill's own chatter about kernel names
             warnings.simplefilter("ignore")

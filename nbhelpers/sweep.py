@@ -34,6 +34,7 @@ from typing import Any
 
 from .compare import load_runs
 from .config import TrainConfig, make_config
+from .errors import ExplainedError
 from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished
 from .runtime import PROJECT_ROOT, RUNS_DIR
 from .series import NOTEBOOKS_DIR
@@ -69,7 +70,7 @@ SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-class SweepError(RuntimeError):
+class SweepError(ExplainedError, RuntimeError):
     """A sweep cannot go on as asked (a folder holds another run, or a run failed)."""
 
 

@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from .config import ConfigError, TrainConfig, make_config
 from .data import CifarLoader, CIFAR10Data, Splits, load_cifar10, prepare_splits
 # evaluation and runs: re-exported, so that `from nbhelpers.train import ...` finds what fit uses
+from .errors import ExplainedError
 from .evaluation import (EVAL_BATCH_SIZE, accuracy, autocast, confusion_matrix, evaluate, infer,
                          most_confident_mistakes, per_class_accuracy)
 from .model import Model
@@ -31,7 +32,7 @@ from .runs import (CHECKPOINT, CONFIG, HISTORY, WEIGHTS, ResumeError, Run, RunFo
 from .runtime import pick_device, seed_everything
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(ExplainedError, FloatingPointError):
     """An epoch was not finite throughout; the last finite epoch's checkpoint is kept."""
 
 

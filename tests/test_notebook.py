@@ -11,7 +11,8 @@ import pytest
 
 from nbhelpers.config import ConfigError
 from nbhelpers.data import CIFAR10DataError
-from nbhelpers.notebook import one_line_warning, project_errors
+from nbhelpers.errors import ExplainedError
+from nbhelpers.notebook import one_line_warning
 from nbhelpers.runs import RunFolderError
 from nbhelpers.train import ResumeError, TrainingDiverged
 
@@ -41,10 +42,11 @@ def test_a_warning_formats_as_its_category_and_message_only():
     assert line == "UserWarning: not the official copy\n"
 
 
-def test_the_project_errors_cover_parameters_data_run_folders_and_divergence():
-    for error in (ConfigError, CIFAR10DataError, RunFolderError, ResumeError, TrainingDiverged):
-        assert issubclass(error, project_errors())
-    assert not issubclass(KeyError, project_errors())
+def test_the_project_errors_cover_parameters_data_run_folders_divergence_and_sweeps():
+    from nbhelpers.sweep import SweepError
+    for error in (ConfigError, CIFAR10DataError, RunFolderError, ResumeError, TrainingDiverged, SweepError):
+        assert issubclass(error, ExplainedError)
+    assert not issubclass(KeyError, ExplainedError)
 
 
 def test_after_setup_warnings_are_one_line_and_project_errors_one_message_and_the_run_still_fails(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from nbhelpers.config import TrainConfig
-from nbhelpers.series import NOTEBOOKS, NOTEBOOKS_DIR
+from nbhelpers.series import ALL_NOTEBOOKS, NOTEBOOKS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's
@@ -45,7 +45,7 @@ def _notebook(name):
     return nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebooks_are_committed_without_outputs_but_for_checked_cells(name):
     for cell in _notebook(name).cells:
         if cell.cell_type != "code":
@@ -56,7 +56,7 @@ def test_notebooks_are_committed_without_outputs_but_for_checked_cells(name):
             assert not cell.outputs and cell.execution_count is None
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebooks_start_with_parameters_then_setup(name):
     notebook = _notebook(name)
     assert notebook.metadata.kernelspec.name == "python3"
@@ -106,3 +106,12 @@ def test_notebooks_hold_the_metadata_jupyterlab_writes_so_they_open_unmodified(p
     assert text == notebook_metadata.normalized(text, wanted), (
         f"{path.name}: metadata or JSON layout differs from what JupyterLab writes; "
         "run .venv/bin/python tests/browser/notebook_metadata.py")
+
+
+def test_every_notebook_is_run_by_the_tests():
+    """nbval runs what the series prepares: a notebook left out of it would never be checked."""
+    from nbhelpers.series import SIZES, series_parameters
+    on_disk = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    assert on_disk == sorted(ALL_NOTEBOOKS)
+    assert sorted(series_parameters("quick", Path("run"), Path("figures"))) == on_disk
+    assert set(SIZES) == {"full", "demo", "quick"}
