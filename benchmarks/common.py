@@ -13,7 +13,7 @@ from torchvision import transforms
 
 from nbhelpers.data import (CIFAR10DataError, FOLDER, UnofficialCopyWarning, load_cifar10,
                             write_synthetic_cifar10)
-from nbhelpers.runtime import PROJECT_ROOT, cpu_has_native_bf16, cpu_model, device_name
+from nbhelpers.runtime import PROJECT_ROOT, cpu_has_fast_bf16, cpu_model, device_name
 
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 
@@ -84,7 +84,7 @@ def seed_train_loader(root: Path, batch_size: int = 128, workers: int = 2) -> to
 
 def machine(device: torch.device) -> dict:
     return {"device": device_name(device), "torch": torch.__version__,
-            "cpu": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(),
+            "cpu": cpu_model(), "cpu_fast_bf16": cpu_has_fast_bf16(),
             "threads": torch.get_num_threads()}
 
 

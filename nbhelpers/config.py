@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ExplainedError
-from .runtime import cpu_has_native_bf16
+from .runtime import cpu_has_fast_bf16
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
@@ -51,7 +51,7 @@ class TrainConfig:
     val_size: int = 0                 # validation images carved from training; 0 = none (the seed)
     # How it runs
     scheduler_step: str = "batch"     # "batch"; "epoch" repeats the seed's once-per-epoch bug
-    precision: str = AUTO             # "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16", "fp32"
+    precision: str = AUTO             # "auto" (bf16 on CUDA and on CPUs where it is faster), "bf16", "fp32"
     compile: Any = AUTO               # torch.compile the model: "auto" (on for CUDA), True, False
     channels_last: Any = AUTO         # NHWC memory layout: "auto" (on for CUDA and CPUs), True, False
     deterministic: bool = False       # deterministic cuDNN (the seed's choice; slower)
@@ -69,13 +69,12 @@ class TrainConfig:
         """The "auto" choices made concrete for `device`, as benchmarks/train_step.py measured them.
 
         On CUDA: bf16 autocast, channels_last and torch.compile. On a CPU:
-        channels_last (its convolutions are much faster in NHWC), bf16 autocast
-        only where the CPU computes bf16 natively (AVX512-BF16 or AMX; elsewhere
-        it is emulated and slower than fp32), and no compile (slower than eager
-        on the CPUs measured).
+        channels_last (its convolutions are about 1.4x faster in NHWC), bf16
+        autocast only where it measured faster than fp32 (runtime.cpu_has_fast_bf16),
+        and no compile (slower than eager on the CPUs measured).
         """
         cuda, cpu = device.type == "cuda", device.type == "cpu"
-        fast_bf16 = cuda or (cpu and cpu_has_native_bf16())
+        fast_bf16 = cuda or (cpu and cpu_has_fast_bf16())
         return {
             "precision": ("bf16" if fast_bf16 else "fp32") if self.precision == AUTO else self.precision,
             "compile": cuda if self.compile == AUTO else self.compile,

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .runtime import PROJECT_ROOT
 
@@ -119,10 +120,11 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
         axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", label=split)
     axes[2].plot(epochs, [r["lr"] for r in history], marker=".", color="tab:purple")
     for ax, title, ylabel in zip(axes, ("Loss", "Accuracy", "Learning rate (first step of each epoch)"),
-                                 ("cross-entropy", "accuracy (%)", "lr")):
+                                 ("cross-entropy (nats per image)", "accuracy (%)", "learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()

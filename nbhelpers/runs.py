@@ -37,7 +37,7 @@ import torch
 
 from .config import TrainConfig, make_config
 from .errors import ExplainedError
-from .runtime import RUNS_DIR, cpu_has_native_bf16, cpu_model, device_name, pick_device
+from .runtime import RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, pick_device
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 CHECKPOINT_FORMAT = 2  # 2: the checkpoint also records the data it was trained on
@@ -205,7 +205,7 @@ def environment(device: torch.device) -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "device": device_name(device), "python": sys.version.split()[0]}
     if device.type == "cpu":
-        info.update(cpu=cpu_model(), cpu_native_bf16=cpu_has_native_bf16(),
+        info.update(cpu=cpu_model(), cpu_fast_bf16=cpu_has_fast_bf16(),
                     threads=torch.get_num_threads())
     return info
 

@@ -38,7 +38,7 @@ ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE,)
 
 # The CPU demo: the whole training set and test set, a 32-channel model, and as
 # many epochs as two CPU cores train in about three minutes (benchmarks/RESULTS.md).
-DEMO_TRAINING = dict(num_epochs=6, backbone_out_channels=32, hidden_size=64)
+DEMO_TRAINING = dict(num_epochs=5, backbone_out_channels=32, hidden_size=64)
 # The tests' size, for nbval: every cell runs, in seconds rather than minutes.
 QUICK_TRAINING = dict(num_epochs=2, backbone_out_channels=16, hidden_size=32,
                       train_subset=2000, test_subset=1000)
@@ -57,7 +57,8 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
         "01_data_exploration": dict(common),
         "02_model": dict(common, **narrow),
         "03_train": dict(common, run_dir=str(run_dir), **SIZES[size]),
-        "04_evaluate": dict(common, run_dir=str(run_dir)),
+        "04_evaluate": dict(common, run_dir=str(run_dir),
+                            **({"ablation_images": 2000} if size == "demo" else {})),
     }
     if size == "quick":
         parameters[COMPARE] = dict(common, size="tiny", only="ranger-batch,ranger-epoch",

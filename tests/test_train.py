@@ -34,7 +34,7 @@ def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthet
     assert info["config"]["num_epochs"] == 2
     assert info["resolved"] == run.config.resolved(torch.device("cpu"))  # the "auto" choices, recorded
     assert info["torch"] == torch.__version__ and info["device"].startswith("cpu (")
-    assert info["cpu"] and isinstance(info["cpu_native_bf16"], bool)
+    assert info["cpu"] and isinstance(info["cpu_fast_bf16"], bool)
     assert info["data"]["fingerprint"] == synthetic_data.fingerprint and info["data"]["train"] == 2000
     assert list(_rows(folder, drop=())[0]) == ["epoch", "train_loss", "train_acc", "test_loss",
                                                 "test_acc", "lr", "seconds"]
