@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from nbhelpers.train import read_history
+from nbhelpers.runs import read_history
 
 
 def reference(series: Path, benchmark: Path | None) -> dict:

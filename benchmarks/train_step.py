@@ -31,7 +31,8 @@ from nbhelpers.data import CifarLoader, Split
 from nbhelpers.model import count_flops
 from nbhelpers.runtime import pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
-from nbhelpers.train import build_model, build_scheduler, build_training, evaluate, train_epoch
+from nbhelpers.evaluation import evaluate
+from nbhelpers.train import build_model, build_scheduler, build_training, train_epoch
 
 
 def matmul_rate(device: torch.device) -> tuple[float, str]:

@@ -19,16 +19,13 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from .config import ConfigError, TrainConfig, make_config
 from .data import CifarLoader, CIFAR10Data, Splits, load_cifar10, prepare_splits
-# evaluation and runs: re-exported, so that `from nbhelpers.train import ...` finds what fit uses
 from .errors import ExplainedError
-from .evaluation import (EVAL_BATCH_SIZE, accuracy, autocast, confusion_matrix, evaluate, infer,
-                         most_confident_mistakes, per_class_accuracy)
+from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
 from .model import Model
 from .progress import Progress
 from .ranger import Ranger
-from .runs import (CHECKPOINT, CONFIG, HISTORY, WEIGHTS, ResumeError, Run, RunFolderError,
-                   environment, latest_run_dir, load_run, open_run, read_history,
-                   save_checkpoint, write_config, write_history, write_weights)
+from .runs import (CHECKPOINT, Run, environment, open_run, save_checkpoint, write_config,
+                   write_history, write_weights)
 from .runtime import pick_device, seed_everything
 
 

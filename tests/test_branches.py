@@ -11,7 +11,7 @@ from nbhelpers.branches import (AblationRow, ablation, branches_in_use, collect_
                                 share_on, without_branch)
 from nbhelpers.config import make_config
 from nbhelpers.data import Split, normalize
-from nbhelpers import train
+from nbhelpers import evaluation, train
 
 SMALL = dict(num_blocks=3, input_channels=3, backbone_out_channels=16, num_conv_layer=3,
              hidden_size=32, num_classes=10)
@@ -69,9 +69,9 @@ def test_recorded_weights_are_leaky_relu_of_the_linear_layer_on_the_mean_input()
 
 def test_without_overrides_the_model_is_unchanged_and_the_recorder_changes_nothing():
     model, split = _trained_looking_model(), _split()
-    before = train.infer(model, split, "cpu")
+    before = evaluation.infer(model, split, "cpu")
     collect_branch_weights(model, split, "cpu")
-    assert torch.equal(train.infer(model, split, "cpu"), before)
+    assert torch.equal(evaluation.infer(model, split, "cpu"), before)
 
 
 def test_fixed_weights_give_the_models_own_output_when_every_image_shares_one_weight_vector():
@@ -83,19 +83,19 @@ def test_fixed_weights_give_the_models_own_output_when_every_image_shares_one_we
     split = _split()
     weights = collect_branch_weights(model, split, "cpu")
     assert torch.allclose(weights, F.leaky_relu(shared).expand_as(weights))
-    expected = train.infer(model, split, "cpu")
+    expected = evaluation.infer(model, split, "cpu")
     means = weights.mean(dim=1)
     with mixing_overridden(model, {i: fixed_weights(means[i]) for i in range(3)}):
-        got = train.infer(model, split, "cpu")
+        got = evaluation.infer(model, split, "cpu")
     assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_fixed_weights_change_the_output_when_the_weights_differ_between_images():
     model, split = _trained_looking_model(), _split()
     means = collect_branch_weights(model, split, "cpu").mean(dim=1)
-    expected = train.infer(model, split, "cpu")
+    expected = evaluation.infer(model, split, "cpu")
     with mixing_overridden(model, {0: fixed_weights(means[0])}):
-        got = train.infer(model, split, "cpu")
+        got = evaluation.infer(model, split, "cpu")
     assert not torch.allclose(got, expected, atol=1e-3)
     assert model.backbone.blocks[0].mixing_override is None  # restored on leaving the with
 
@@ -122,9 +122,9 @@ def test_removing_a_branch_equals_the_model_built_without_it(removed):
     smaller.load_state_dict(state)
     split = _split()
     with mixing_overridden(model, {1: without_branch(removed)}):
-        got = train.infer(model, split, "cpu")
-    assert torch.allclose(got, train.infer(smaller, split, "cpu"), atol=1e-5)
-    assert not torch.allclose(got, train.infer(model, split, "cpu"), atol=1e-3)
+        got = evaluation.infer(model, split, "cpu")
+    assert torch.allclose(got, evaluation.infer(smaller, split, "cpu"), atol=1e-5)
+    assert not torch.allclose(got, evaluation.infer(model, split, "cpu"), atol=1e-3)
 
 
 def test_ablation_lists_the_baseline_every_mean_replacement_and_every_removed_branch():
@@ -135,10 +135,10 @@ def test_ablation_lists_the_baseline_every_mean_replacement_and_every_removed_br
     assert names[:5] == ["as trained", "block 0: mean weights", "block 1: mean weights",
                          "block 2: mean weights", "every block: mean weights"]
     assert names[5:] == [f"block {i}: without branch {j}" for i in range(3) for j in range(3)]
-    baseline = train.accuracy(train.infer(model, split, "cpu").argmax(dim=1), split.labels)
+    baseline = evaluation.accuracy(evaluation.infer(model, split, "cpu").argmax(dim=1), split.labels)
     assert rows[0].accuracy == baseline and rows[0].difference == 0
     with mixing_overridden(model, {2: without_branch(1)}):
-        removed = train.accuracy(train.infer(model, split, "cpu").argmax(dim=1), split.labels)
+        removed = evaluation.accuracy(evaluation.infer(model, split, "cpu").argmax(dim=1), split.labels)
     assert rows[names.index("block 2: without branch 1")].accuracy == removed
     assert "every block: mean weights" in format_ablation(rows)
 

@@ -14,7 +14,8 @@ from nbhelpers.data import CIFAR10DataError
 from nbhelpers.errors import ExplainedError
 from nbhelpers.notebook import one_line_warning
 from nbhelpers.runs import RunFolderError
-from nbhelpers.train import ResumeError, TrainingDiverged
+from nbhelpers.runs import ResumeError
+from nbhelpers.train import TrainingDiverged
 
 
 def _execute(tmp_path, *sources: str):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
+from nbhelpers import evaluation as E
+from nbhelpers import runs as R
 from nbhelpers import train as T
 from nbhelpers.config import make_config
 
@@ -20,7 +22,7 @@ SMALL = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, progress="
 
 
 def _rows(run_dir, drop=("seconds",)):
-    with open(run_dir / T.HISTORY, newline="") as fh:
+    with open(run_dir / R.HISTORY, newline="") as fh:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
 
 
@@ -99,12 +101,12 @@ def test_a_run_killed_mid_epoch_leaves_a_checkpoint_that_resumes(synthetic_root,
 
 def test_a_checkpoint_of_another_architecture_is_refused_clearly(synthetic_data, tmp_path):
     T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **SMALL)
-    with pytest.raises(T.ResumeError, match="backbone_out_channels: checkpoint 16, now 32"):
+    with pytest.raises(R.ResumeError, match="backbone_out_channels: checkpoint 16, now 32"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True,
               **dict(SMALL, backbone_out_channels=32))
-    with pytest.raises(T.RunFolderError, match="already holds files"):
+    with pytest.raises(R.RunFolderError, match="already holds files"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
-    with pytest.raises(T.ResumeError, match="holds no run to continue"):
+    with pytest.raises(R.ResumeError, match="holds no run to continue"):
         T.fit(data=synthetic_data, run_dir=tmp_path / "empty", num_epochs=2, resume=True, **SMALL)
 
 
@@ -149,23 +151,23 @@ def test_evaluation_helpers():
     logits = torch.tensor([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 9.0], [5.0, 0, 0], [0, 1.0, 0]])
     labels = torch.tensor([0, 1, 1, 2, 1])
     predictions = logits.argmax(dim=1)
-    assert T.accuracy(predictions, labels) == pytest.approx(60.0)
-    assert T.confusion_matrix(predictions, labels, 3).tolist() == [[1, 0, 0], [0, 2, 1], [1, 0, 0]]
-    assert T.per_class_accuracy(predictions, labels, 3).tolist() == pytest.approx([100.0, 200 / 3, 0.0])
-    assert T.most_confident_mistakes(logits, labels).tolist() == [2, 3]
+    assert E.accuracy(predictions, labels) == pytest.approx(60.0)
+    assert E.confusion_matrix(predictions, labels, 3).tolist() == [[1, 0, 0], [0, 2, 1], [1, 0, 0]]
+    assert E.per_class_accuracy(predictions, labels, 3).tolist() == pytest.approx([100.0, 200 / 3, 0.0])
+    assert E.most_confident_mistakes(logits, labels).tolist() == [2, 3]
 
 
 def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
     run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, train_subset=320, **SMALL)
-    loaded = T.load_run(tmp_path / "run", device="cpu")
+    loaded = R.load_run(tmp_path / "run", device="cpu")
     assert loaded.classes == synthetic_data.classes and len(loaded.history) == 1
     images = synthetic_data.test
     chosen = loaded.config.resolved(torch.device("cpu"))  # as fit evaluated: same precision and layout
     assert loaded.model.backbone.blocks[0].convs[0][0].weight.is_contiguous(
         memory_format=torch.channels_last) == chosen["channels_last"]
     same = dict(precision=chosen["precision"], channels_last=chosen["channels_last"])
-    assert torch.equal(T.infer(loaded.model, images, **same), T.infer(run.model, images, **same))
-    assert T.evaluate(loaded.model, images, "cpu", **same)["acc"] == loaded.history[0]["test_acc"]
+    assert torch.equal(E.infer(loaded.model, images, **same), E.infer(run.model, images, **same))
+    assert E.evaluate(loaded.model, images, "cpu", **same)["acc"] == loaded.history[0]["test_acc"]
 
 
 def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, capsys):
