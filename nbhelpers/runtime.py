@@ -52,40 +52,31 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+def _cpuinfo(*keys: str) -> str:
+    """The value of the first line of /proc/cpuinfo that starts with one of `keys` ("" elsewhere)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    """The CPU's model name, e.g. "Intel(R) Xeon(R) Processor" (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_vendor() -> str:
-    """ "GenuineIntel", "AuthenticAMD", ... as Linux reports it ("" elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("vendor_id"):
+                if line.startswith(keys):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    return set(_cpuinfo("flags", "Features").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. "Intel(R) Xeon(R) Processor" (platform's guess elsewhere)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """ "GenuineIntel", "AuthenticAMD", ... as Linux reports it ("" elsewhere)."""
+    return _cpuinfo("vendor_id")
 
 
 def cpu_has_fast_bf16() -> bool:
