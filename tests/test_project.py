@@ -115,3 +115,12 @@ def test_every_notebook_is_run_by_the_tests():
     assert on_disk == sorted(ALL_NOTEBOOKS)
     assert sorted(series_parameters("quick", Path("run"), Path("figures"))) == on_disk
     assert set(SIZES) == {"full", "demo", "quick"}
+
+
+def test_the_demo_ablates_on_part_of_the_real_test_set_but_never_asks_the_stand_in_for_more():
+    """The stand-in has 1,000 test images: asking 04 for 2,000 would stop the synthetic demo."""
+    from nbhelpers.series import series_parameters
+    real = series_parameters("demo", Path("run"), Path("figures"), data_dir="")
+    stand_in = series_parameters("demo", Path("run"), Path("figures"), data_dir="runs/demo/synthetic-data")
+    assert real["04_evaluate"]["ablation_images"] == 2000
+    assert "ablation_images" not in stand_in["04_evaluate"]
