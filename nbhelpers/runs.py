@@ -127,6 +127,15 @@ def progress_of(run_dir: Path) -> str:
     return f"stopped after epoch {done} of {planned}" if done else f"stopped before its first epoch ended (of {planned})"
 
 
+def stopped_before_first_epoch(run_dir: Path) -> bool:
+    """Does the folder hold nothing but what a run writes before its first epoch ends?
+
+    That is config.json at most, and temporary files of an interrupted write. Such
+    a run has nothing to continue and nothing to lose: it can start again from epoch 1.
+    """
+    return all(p.name == CONFIG or p.name.endswith(".tmp") for p in run_dir.iterdir())
+
+
 def prepare_new_run_dir(run_dir: Path) -> None:
     """Refuse a folder that holds anything; a new run writes only into a new or empty folder."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -321,6 +330,11 @@ def open_run(config: TrainConfig, data: dict[str, Any], model, optimizer, schedu
         if not (run_dir / CONFIG).is_file():
             raise ResumeError(f"resume=True, but {run_dir} holds no run to continue (no "
                               f"{CHECKPOINT}, no {CONFIG}). Start a new run there with resume=False.")
+        if not stopped_before_first_epoch(run_dir):  # e.g. a finished run whose checkpoint is gone
+            held = ", ".join(sorted(p.name for p in run_dir.iterdir()))
+            raise ResumeError(f"resume=True, but {run_dir} has no {CHECKPOINT} to continue from, "
+                              f"and its other files ({held}) show that epochs were trained; they are "
+                              "kept as they are. Start a new run in another run_dir.")
         saved_config = read_config(run_dir)
         check_resumable(saved_config.get("config", {}), config, run_dir / CONFIG)
         check_same_data(saved_config.get("data"), data, run_dir / CONFIG)

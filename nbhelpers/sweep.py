@@ -35,7 +35,7 @@ from typing import Any
 from .compare import load_runs
 from .config import TrainConfig, make_config
 from .errors import ExplainedError
-from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished
+from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished, stopped_before_first_epoch
 from .runtime import PROJECT_ROOT, RUNS_DIR
 from .series import NOTEBOOKS_DIR
 
@@ -276,7 +276,7 @@ def _clear_a_start_without_epochs(run_dir: Path) -> None:
     if not run_dir.is_dir():
         return
     leftovers = list(run_dir.iterdir())
-    if all(p.name == CONFIG or p.name.endswith(".tmp") for p in leftovers):
+    if stopped_before_first_epoch(run_dir):
         for path in leftovers:
             path.unlink()
     else:

@@ -189,3 +189,12 @@ def test_10_the_divergence_hint_gives_only_advice_that_helps(synthetic_data, tmp
     message = str(info.value)
     assert "a smaller max_lr (now 1e+12" in message and "learning_rate has no effect" in message
     assert ("precision='fp32'" in message) == (precision == "bf16")
+
+
+def test_1_resuming_a_finished_run_without_its_checkpoint_is_refused_too(synthetic_data, finished_run):
+    """resume=True must not take such a folder for a run that never finished an epoch."""
+    (finished_run / "checkpoint.pt").unlink()
+    before = _snapshot(finished_run)
+    with pytest.raises(ResumeError, match=r"no checkpoint.pt to continue from.*\(config.json, history.csv, model.pt\)"):
+        T.fit(data=synthetic_data, run_dir=finished_run, num_epochs=2, resume=True, **TINY)
+    assert _snapshot(finished_run) == before
