@@ -60,7 +60,6 @@ def epoch_line(row: dict[str, float], num_epochs: int) -> str:
 def curves_png(history: list[dict[str, float]], num_epochs: int, dpi: int = 72) -> bytes:
     """`plots.training_curves` of the epochs so far, on the axis of the whole run, as PNG bytes."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from .plots import training_curves  # plots imports torch and matplotlib: only when drawing
 
@@ -68,7 +67,6 @@ def curves_png(history: list[dict[str, float]], num_epochs: int, dpi: int = 72) 
     try:
         for ax in fig.axes:  # the epochs still to come stay visible as the room left to fill
             ax.set_xlim(0.5, num_epochs + 0.5)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for text in list(fig.axes[1].texts):
             # Its "final test" note is not final mid-run; the epoch lines below give the numbers.
             text.remove()

@@ -282,11 +282,15 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict:
                       "(another run_dir, or leave run_dir empty for runs/<date-time>).")
 
 
+def settings_that_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The parameters of `now` that change what a run computes and differ in `saved`."""
+    return [k for k in now if k not in RESUMABLE_DIFFERENCES and saved.get(k) != now[k]]
+
+
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """Refuse a checkpoint made with another architecture or recipe, naming what differs."""
     now = config.to_dict()
-    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-              if k not in RESUMABLE_DIFFERENCES and saved.get(k) != now[k]]
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in settings_that_differ(saved, now)]
     if differ:
         raise ResumeError(f"{path} was written with another configuration, so this run "
                           f"cannot continue it ({'; '.join(differ)}). Resume with the "

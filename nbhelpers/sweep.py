@@ -35,7 +35,8 @@ from typing import Any
 from .compare import load_runs
 from .config import TrainConfig, make_config
 from .errors import ExplainedError
-from .runs import CHECKPOINT, CONFIG, RESUMABLE_DIFFERENCES, is_finished, stopped_before_first_epoch
+from .runs import (CHECKPOINT, CONFIG, is_finished, settings_that_differ,
+                   stopped_before_first_epoch)
 from .runtime import PROJECT_ROOT, RUNS_DIR
 from .series import NOTEBOOKS_DIR
 
@@ -121,8 +122,8 @@ class Entry:
         saved = json.loads(path.read_text())["config"]
         training = {f.name for f in fields(TrainConfig)}  # the rest are 03's own (figures_dir)
         wanted = make_config(**{k: v for k, v in self.parameters.items() if k in training}).to_dict()
-        differ = [f"{k}={saved.get(k)!r} there, {wanted[k]!r} here" for k in wanted
-                  if k not in RESUMABLE_DIFFERENCES and saved.get(k) != wanted[k]]
+        differ = [f"{k}={saved.get(k)!r} there, {wanted[k]!r} here"
+                  for k in settings_that_differ(saved, wanted)]
         if differ:
             raise SweepError(f"{self.run_dir} holds a run with other settings ({'; '.join(differ)}). "
                              "Remove that folder, or give the sweep another --folder.")
