@@ -110,6 +110,16 @@ def class_balance(counts: dict[str, Sequence[int]], classes: Sequence[str]) -> F
     return fig
 
 
+def _per_epoch_axes(axes, titles: Sequence[str], ylabels: Sequence[str]) -> None:
+    """Title, labels and grid of panels whose x axis counts epochs (whole numbers)."""
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+
+
 def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     """Loss, accuracy and learning rate per epoch, for every split measured."""
     epochs = [row["epoch"] for row in history]
@@ -119,13 +129,8 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
         axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], marker=".", label=split)
         axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", label=split)
     axes[2].plot(epochs, [r["lr"] for r in history], marker=".", color="tab:purple")
-    for ax, title, ylabel in zip(axes, ("Loss", "Accuracy", "Learning rate (first step of each epoch)"),
-                                 ("cross-entropy (nats per image)", "accuracy (%)", "learning rate")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.grid(alpha=0.3)
+    _per_epoch_axes(axes, ("Loss", "Accuracy", "Learning rate (first step of each epoch)"),
+                    ("cross-entropy (nats per image)", "accuracy (%)", "learning rate"))
     axes[0].legend()
     axes[1].legend()
     last = history[-1]
@@ -339,13 +344,8 @@ def run_comparison(runs: Sequence) -> Figure:
                     linestyle=styles[index_of(style_by, run) % len(styles)] if style_by else "-")
         for ax, key in zip(axes, ("train_loss", "test_loss", "test_acc")):
             ax.plot(epochs, [row[key] for row in run.history], label=run.label, **look)
-    for ax, title, ylabel in zip(axes, ("Training loss", "Test loss", "Test accuracy"),
-                                 ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    _per_epoch_axes(axes, ("Training loss", "Test loss", "Test accuracy"),
+                    ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)"))
     axes[2].legend(fontsize=8, title=", ".join(varying) or None, title_fontsize=8,
                    loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not on them
     fig.tight_layout()
