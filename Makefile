@@ -2,11 +2,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
-BROWSER_STAMP := $(VENV)/.browser-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+LOCK   := requirements.lock
+# A change to either the dependencies or their locked versions reinstalls .venv.
+DEPS_SUM := $(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(DEPS_SUM)
+BROWSER_STAMP := $(VENV)/.browser-$(DEPS_SUM)
 NBVAL  := build/nbval
 
-.PHONY: demo test lab browser-test install clean
+.PHONY: demo test lab browser-test install lock clean
 
 # The main job: on a GPU the full series (60 epochs); without one, a quick demo.
 demo: $(STAMP)
@@ -44,16 +47,39 @@ install: $(STAMP)
 
 # Playwright, for the browser test; it drives the system's Chromium and downloads no browser.
 $(BROWSER_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,browser]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev,browser]'
 	rm -f $(VENV)/.browser-*
 	touch $@
 
-$(STAMP): pyproject.toml
+# pip takes every package at the version the lock names (-c: constraints, installing nothing by itself).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=python3.11)")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The lock: the exact version of every package above (the dev and browser extras included) for
+# Linux and macOS, written by uv from PyPI (uv only writes it; pip installs). `make lock` adds what
+# pyproject.toml gained and keeps every other pin; `make lock UPGRADE=1` takes the newest releases.
+# It leaves out releases this machine's pip refuses (a constraint file in pip's config), then checks
+# that each platform finds a file of every locked version (macOS: 14 or newer, Apple silicon).
+LOCK_TOOLS := build/lock-tools
+UV := $(LOCK_TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+LOCK_PLATFORMS := x86_64-manylinux_2_28 aarch64-manylinux_2_28 aarch64-apple-darwin
+PIP_CAP = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$$/\1/p")
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(UV) pip compile pyproject.toml --extra dev --extra browser --universal --python-version 3.11 \
+	    $(addprefix --constraint ,$(PIP_CAP)) $(if $(UPGRADE),--upgrade) \
+	    --custom-compile-command 'make lock' --output-file $(LOCK) >/dev/null
+	for platform in $(LOCK_PLATFORMS); do \
+	    MACOSX_DEPLOYMENT_TARGET=14.0 $(UV) pip compile pyproject.toml --extra dev --extra browser --quiet \
+	        --python-version 3.11 --python-platform $$platform --constraint $(LOCK) --output-file /dev/null \
+	        || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build runs/demo figures/demo
