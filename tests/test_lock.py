@@ -111,8 +111,8 @@ def needed_by_the_project(extras: set[str]) -> set[str]:
 
 def test_this_environment_holds_the_locked_versions():
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        pytest.skip(f"runs inside the project's .venv only (`make install`, then .venv/bin/python -m "
-                    f"pytest); {sys.prefix} was not installed from the lock")
+        pytest.skip(f"checks this checkout's .venv only (`make install`, then .venv/bin/python -m pytest), "
+                    f"not {sys.prefix}")
     pins = pins_that_apply_here()
     # The browser extra's packages come with `make browser-test`; until then they are not needed.
     extras = {"dev", "browser"} if installed_version("playwright") else {"dev"}
