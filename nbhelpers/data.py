@@ -10,9 +10,12 @@ normalized there, with no per-image PIL work in the training loop.
 """
 from __future__ import annotations
 
+import _compat_pickle  # pickle's own table of Python 2 names
+import errno
 import hashlib
 import os
 import pickle
+import stat
 import tarfile
 import urllib.error
 import warnings
@@ -54,10 +57,37 @@ HOW_TO_REPAIR = (
     "on a machine with a network, or set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a "
     "folder that holds a complete copy."
 )
+HOW_TO_POINT_ELSEWHERE = (
+    "To fix it: set data_dir (`-p data_dir PATH`) or the environment variable CIFAR10_ROOT to a "
+    "folder that holds {folder}/, or to an empty folder to download it into with `-p download True`."
+)
+HOW_TO_MOVE_ASIDE = (
+    "To fix it: move it aside, then fetch CIFAR-10 with download=True (`-p download True`) on a "
+    "machine with a network; or set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a folder "
+    "that holds a complete copy of {folder}/."
+)
+HOW_TO_READ = (
+    "To fix it: let your user read it (`chmod -R u+rX {root}/{folder}`), or set data_dir "
+    "(`-p data_dir PATH`) or CIFAR10_ROOT to a copy you can read."
+)
+HOW_TO_WRITE = (
+    "To fix it: set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a folder you can write "
+    "that has room for about 340 MB, or let your user write {root}."
+)
+HOW_TO_NAME_CLASSES = (
+    "To fix it: make label_names in {root}/{folder}/batches.meta list one name per label the "
+    "batches hold, in label order (CIFAR-10 has ten, airplane to truck); or remove "
+    "{root}/{folder} and fetch it again with download=True (`-p download True`), or set data_dir "
+    "(`-p data_dir PATH`) or CIFAR10_ROOT to a folder that holds a complete copy."
+)
 
 
 class CIFAR10DataError(ExplainedError, RuntimeError):
     """CIFAR-10 is missing, incomplete or damaged; the message says how to fix it."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+        self.problem = problem  # the first half alone, for a one-line description
 
 
 class UnofficialCopyWarning(UserWarning):
@@ -78,30 +108,71 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def _error(root: Path, problem: str, fix: str = HOW_TO_REPAIR) -> CIFAR10DataError:
-    return CIFAR10DataError(f"{problem}. " + fix.format(root=root, folder=FOLDER))
+    return CIFAR10DataError(problem, fix.format(root=root, folder=FOLDER))
 
 
-def _read_meta(root: str | os.PathLike | None) -> dict | None:
-    """batches.meta under the data root, or None where it is missing or unreadable."""
+def _root_origin(root: str | os.PathLike | None) -> str:
+    """Where the data root came from, in the terms a user set it."""
+    if root:
+        return "from data_dir"
+    return "from CIFAR10_ROOT" if os.environ.get("CIFAR10_ROOT") else "the project's default"
+
+
+def _is_folder(path: Path, name: str, root: Path, fix: str) -> bool:
+    """True for a folder, False where nothing is; CIFAR10DataError for anything else in the way."""
     try:
-        with open(resolve_data_root(root) / FOLDER / META_FILE, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
-    except Exception:
-        return None
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():  # mkdir would fail on it with "File exists"
+            raise _error(root, f"{name} is a symbolic link to {os.readlink(path)}, which does "
+                               "not exist", fix) from None
+        return False
+    except OSError as exc:  # a link loop, a file where a parent folder should be, no permission
+        raise _error(root, f"{name} cannot be opened ({exc.strerror})", fix) from None
+    if not stat.S_ISDIR(mode):
+        raise _error(root, f"{name} is a file, not a folder", fix)
+    return True
+
+
+def _locate(root: str | os.PathLike | None) -> tuple[Path, Path, bool]:
+    """The data root, its CIFAR-10 folder, and whether that folder is there yet.
+
+    Whatever else stands in the way (a file, a link loop, a folder this user
+    cannot read) raises CIFAR10DataError, before anything is read or written.
+    """
+    origin = _root_origin(root)
+    root = resolve_data_root(root)
+    folder = root / FOLDER
+    there = (_is_folder(root, f"The data folder {root} ({origin})", root, HOW_TO_POINT_ELSEWHERE)
+             and _is_folder(folder, str(folder), root, HOW_TO_MOVE_ASIDE))
+    if there and not os.access(folder, os.X_OK):  # its files open by name: listing is not needed
+        raise _error(root, f"{folder} cannot be read by this user", HOW_TO_READ)
+    return root, folder, there
 
 
 def is_synthetic(root: str | os.PathLike | None = None) -> bool:
     """Is the copy under the data root the synthetic stand-in (its batches.meta says so)?"""
-    return bool((_read_meta(root) or {}).get("synthetic"))
+    try:
+        root, folder, there = _locate(root)
+        return there and bool(_read_meta(folder, root).get("synthetic"))
+    except CIFAR10DataError:
+        return False
 
 
 def describe_data_dir(root: str | os.PathLike | None = None) -> str:
-    """One line on the copy under the data root, read from its batches.meta only (no loading)."""
+    """One line on the copy under the data root, read from its batches.meta only (no loading).
+
+    It never raises for a bad folder: setup() prints it before any check, and
+    load_cifar10 raises the full error, fix included, where the data is needed.
+    """
     folder = resolve_data_root(root) / FOLDER
-    meta = _read_meta(root)
-    if meta is None:
-        return f"no CIFAR-10 at {folder} yet" if not folder.is_dir() else \
-            f"{folder} (its {META_FILE} is missing or does not load)"
+    try:
+        root, folder, there = _locate(root)
+        if not there:
+            return f"no CIFAR-10 at {folder} yet"
+        meta = _read_meta(folder, root)
+    except CIFAR10DataError as exc:
+        return f"{folder} cannot be used: {exc.problem}"
     if meta.get("synthetic"):
         return (f"SYNTHETIC stand-in at {folder}, not CIFAR-10 "
                 f"(classes: {', '.join(meta['label_names'])})")
@@ -110,9 +181,8 @@ def describe_data_dir(root: str | os.PathLike | None = None) -> str:
 
 def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The `cifar-10-batches-py` folder under the data root, fetched if allowed."""
-    root = resolve_data_root(root)
-    folder = root / FOLDER
-    if not folder.is_dir():
+    root, folder, there = _locate(root)
+    if not there:
         if not download:
             raise _error(root, f"CIFAR-10 is not at {folder} (the folder does not exist) and "
                                "download=False", HOW_TO_GET_IT)
@@ -120,14 +190,33 @@ def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     return folder
 
 
+def _writable_folder(root: Path) -> None:
+    """Make `root` for a download, or say why it cannot take one."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _error(root, f"{root} cannot be made, so CIFAR-10 cannot be downloaded into it "
+                           f"({exc.strerror})", HOW_TO_WRITE) from exc
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise _error(root, f"{root} cannot be written by this user, so CIFAR-10 cannot be "
+                           "downloaded into it", HOW_TO_WRITE)
+
+
+# What a failed write says, as against a failed connection: both are OSErrors.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def fetch_cifar10(root: Path) -> None:
     """Download the official archive (md5 checked by torchvision) and unpack it safely."""
     url, filename, md5 = (_TorchvisionCIFAR10.url, _TorchvisionCIFAR10.filename,
                           _TorchvisionCIFAR10.tgz_md5)
-    root.mkdir(parents=True, exist_ok=True)
+    _writable_folder(root)
     try:
         download_url(url, str(root), filename, md5)
-    except (urllib.error.URLError, OSError) as exc:
+    except OSError as exc:
+        if not isinstance(exc, urllib.error.URLError) and exc.errno in DISK_ERRNOS:
+            raise _error(root, f"The download of {url} could not be written into {root} "
+                               f"({exc.strerror})", HOW_TO_WRITE) from exc
         raise _error(root, f"CIFAR-10 is not at {root / FOLDER}, and downloading it from {url} "
                            f"failed ({exc}): this machine seems to be offline",
                      HOW_TO_GET_IT.replace("pass download=True", "run again with download=True")) from exc
@@ -144,6 +233,100 @@ def fetch_cifar10(root: Path) -> None:
                            "was written") from exc
     except (tarfile.TarError, EOFError) as exc:
         raise _error(root, f"{root / filename} does not unpack ({exc})") from exc
+    except OSError as exc:
+        raise _error(root, f"{root / filename} could not be unpacked into {root} "
+                           f"({exc.strerror})", HOW_TO_WRITE) from exc
+
+
+# --------------------------------------------------------------------------
+# Unpickling data, never code
+# --------------------------------------------------------------------------
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as Python 3 uses it to pickle bytes at protocols 0-2, and nothing else."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode to {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_rebuilders() -> dict[tuple[str, str], object]:
+    """The functions numpy's pickles of arrays and numbers call, under numpy 1's module
+    names (numpy.core) and numpy 2's (numpy._core). Taken from numpy's own reductions, so
+    that neither module has to be imported by name."""
+    rebuilders = {"multiarray": {"_reconstruct": np.zeros(0).__reduce__()[0],
+                                 "scalar": np.int64(0).__reduce__()[0]},
+                  "numeric": {"_frombuffer": np.zeros(1).__reduce_ex__(5)[0]}}
+    return {(f"numpy.{core}.{module}", name): function
+            for core in ("core", "_core") for module, functions in rebuilders.items()
+            for name, function in functions.items()}
+
+
+# All a CIFAR-10 file may name. The official files (Python 2, numpy 1) name
+# _reconstruct, ndarray and dtype; files pickled since may name numpy's number
+# and buffer rebuilders, and _codecs.encode for bytes at protocols 0-2.
+DATA_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                ("_codecs", "encode"): _latin1_bytes, **_numpy_rebuilders()}
+
+
+class _NotData(pickle.UnpicklingError):
+    """A pickle named a Python object outside DATA_GLOBALS; the message is its name."""
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10's files hold (dicts, lists, text, numbers, numpy arrays), nothing else.
+
+    A pickle may name any importable function for the loader to call, so a
+    data folder someone else filled could run code as soon as it is read;
+    this one looks names up in DATA_GLOBALS only, and never imports.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in DATA_GLOBALS:
+            return DATA_GLOBALS[module, name]
+        if not all(part.isidentifier() for part in f"{module}.{name}".split(".")):
+            raise pickle.UnpicklingError(f"no Python name: {module!r} {name!r}")  # damage, not code
+        # Named as Python 3 knows it: pickles below protocol 3 say __builtin__ for builtins.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        raise _NotData(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}")
+
+
+def _read_pickle(path: Path, root: Path):
+    if not path.is_file():
+        raise _error(root, f"CIFAR-10 at {path.parent} is incomplete: {path.name} is missing")
+    try:
+        with open(path, "rb") as fh:
+            return DataOnlyUnpickler(fh, encoding="latin1").load()
+    except _NotData as exc:
+        raise _error(root, f"{path} is not plain data: it asks for the Python object {exc}, "
+                           "which no CIFAR-10 file holds and which could run code; it was refused, "
+                           "so nothing in it ran") from None
+    except OSError as exc:
+        raise _error(root, f"{path} cannot be read ({exc.strerror or exc})", HOW_TO_READ) from exc
+    except Exception as exc:  # pickle raises many types on damaged input
+        raise _error(root, f"{path} is truncated or corrupted (it does not unpickle: "
+                           f"{type(exc).__name__}: {exc})") from exc
+
+
+def _text(value):
+    """A name or key as text: Python 2's strings arrive as text (latin1), Python 3's bytes do not."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _read_meta(folder: Path, root: Path) -> dict:
+    """batches.meta, with its label_names checked to be a list of two or more distinct names."""
+    path = folder / META_FILE
+    meta = _read_pickle(path, root)
+    meta = {_text(key): value for key, value in meta.items()} if isinstance(meta, dict) else {}
+    names = meta.get("label_names")
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(name, (str, bytes)) for name in names)):
+        raise _error(root, f"{path} is not CIFAR-10's {META_FILE} (it needs label_names: a "
+                           "list of two or more class names)")
+    names = [_text(name) for name in names]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise _error(root, f"{path} names the class {twice!r} twice", HOW_TO_NAME_CLASSES)
+    return {**meta, "label_names": names}
 
 
 # --------------------------------------------------------------------------
@@ -181,29 +364,30 @@ class CIFAR10Data:
         return len(self.classes)
 
 
-def _read_pickle(path: Path, root: Path) -> dict:
-    if not path.is_file():
-        raise _error(root, f"CIFAR-10 at {path.parent} is incomplete: {path.name} is missing")
-    try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
-    except Exception as exc:  # pickle raises many types on damaged input
-        raise _error(root, f"{path} is truncated or corrupted (it does not unpickle: "
-                           f"{type(exc).__name__}: {exc})") from exc
-
-
 def _read_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     entry = _read_pickle(path, root)
+
+    def not_a_batch(why: str) -> CIFAR10DataError:
+        return _error(root, f"{path} is not a CIFAR-10 batch ({why})")
+
+    if not isinstance(entry, dict):
+        raise not_a_batch(f"it holds an object of type {type(entry).__name__}, not a dict of "
+                          "'data' and 'labels'")
+    entry = {_text(key): value for key, value in entry.items()}
     try:
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry["labels"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _error(root, f"{path} is not a CIFAR-10 batch (no 'data' and 'labels': "
-                           f"{exc!r})") from exc
-    if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE or len(data) != len(labels):
-        raise _error(root, f"{path} is not a CIFAR-10 batch (data of shape {data.shape} "
-                           f"for {len(labels)} labels; expected (N, 3072))")
-    return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels
+        data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"])
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: lists of uneven length
+        raise not_a_batch(f"no 'data' and 'labels': {exc!r}") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE or labels.shape != (len(data),):
+        raise not_a_batch(f"data of shape {data.shape} for labels of shape {labels.shape}; "
+                          "expected (N, 3072) and (N,)")
+    if data.dtype.kind not in "ui" or (data.dtype != np.uint8 and data.size
+                                       and (data.min() < 0 or data.max() > 255)):
+        raise not_a_batch(f"its pixels are not whole numbers 0 to 255 (they load as {data.dtype})")
+    if labels.size and labels.dtype.kind not in "ui":  # 1.7 would become class 1 unseen
+        raise not_a_batch(f"its labels are not class numbers 0, 1, ... (they load as {labels.dtype})")
+    return (data.astype(np.uint8, copy=False).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE),
+            labels.astype(np.int64, copy=False))
 
 
 def _read_split(folder: Path, names: list[str], root: Path) -> Split:
@@ -226,16 +410,34 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     return _load_folder(folder, resolve_data_root(root), stamp)
 
 
+def _check_classes(classes: tuple[str, ...], train: Split, test: Split, folder: Path,
+                   root: Path) -> None:
+    """Every label has a name, every name has training images: else a model of the wrong
+    width would train, or a subset would fail blaming its own size."""
+    meta = folder / META_FILE
+    for split, name in ((train, "training"), (test, "test")):
+        if not len(split):
+            raise _error(root, f"The {name} batches in {folder} hold no images")
+        unnamed = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
+        if len(unnamed):
+            raise _error(root, f"{meta} names {len(classes)} classes (labels 0 to "
+                               f"{len(classes) - 1}), but the {name} batches hold label "
+                               f"{int(unnamed[0])}", HOW_TO_NAME_CLASSES)
+    counts = torch.bincount(train.labels, minlength=len(classes))
+    empty = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+    if empty:
+        raise _error(root, f"{meta} names {len(classes)} classes, but the training batches hold "
+                           f"images of {len(classes) - len(empty)} of them: none of "
+                           f"{', '.join(map(repr, empty))}", HOW_TO_NAME_CLASSES)
+
+
 @lru_cache(maxsize=4)
 def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
+    meta = _read_meta(folder, root)  # first: the smallest file, and a refused one stops here
+    classes = tuple(meta["label_names"])
     train = _read_split(folder, TRAIN_FILES, root)
     test = _read_split(folder, TEST_FILES, root)
-    meta = _read_pickle(folder / META_FILE, root)
-    classes = tuple(str(name) for name in meta.get("label_names", ()))
-    for split, name in ((train, "training"), (test, "test")):
-        if len(classes) < 2 or int(split.labels.min()) < 0 or int(split.labels.max()) >= len(classes):
-            raise _error(root, f"The {name} labels in {folder} do not fit the "
-                               f"{len(classes)} class names of {META_FILE}")
+    _check_classes(classes, train, test, folder, root)
     sums = {name: calculate_md5(str(folder / name)) for name in OFFICIAL_MD5}
     differing = [name for name, md5 in sums.items() if md5 != OFFICIAL_MD5[name]]
     if differing:
