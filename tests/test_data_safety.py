@@ -97,6 +97,18 @@ def _plant(path, payload, protocol):
         pickle.dump(content, fh, protocol=protocol)
 
 
+def test_the_payloads_do_run_under_a_plain_unpickler(copy, tmp_path):
+    """The control: without the loader's allow-list, each planted file runs its payload."""
+    for number, payload in enumerate(_payloads(tmp_path / "marker")):
+        path = copy / D.FOLDER / D.META_FILE
+        _plant(path, payload, protocol=2)
+        with open(path, "rb") as fh:
+            pickle.load(fh, encoding="latin1")
+        assert (tmp_path / "marker").exists(), f"payload {number} did not run"
+        (tmp_path / "marker").unlink()
+        write_synthetic_cifar10(copy, train_per_class=3, test_per_class=1)
+
+
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 @pytest.mark.parametrize("kind", ["exec", "os.system"])
 def test_a_payload_in_batches_meta_runs_nowhere_and_loading_refuses_it(copy, tmp_path, protocol, kind):
