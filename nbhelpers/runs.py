@@ -1,50 +1,64 @@
 """Run folders: what a run writes, and how it is continued or loaded again.
 
 A run folder holds everything a run produces:
-    config.json     the resolved configuration, versions, device, the data it trained on
+    config.json     the resolved configuration, versions, device, the data it trained on,
+                    and (once finished) the sha256 of model.pt
     history.csv     one row per epoch: losses, accuracies, learning rate, seconds
     checkpoint.pt   the state after the last finished epoch; resume=True continues from it
     model.pt        the final weights (the last epoch's, not the best test epoch's)
+    .lock           the lock of the process writing the folder (nbhelpers.locking)
 
-Four rules keep what a run wrote from ever being lost or misread:
+Five rules keep what a run wrote from ever being lost or misread:
 1. A folder is written into only when it is new (absent or empty) or explicitly
-   resumed: a new run never lands on top of an old one.
-2. Every file is written to a temporary file and renamed: a crash, a kill or a
-   full disk leaves the previous version whole, and no stray temporary file.
-3. A checkpoint is written only for an epoch that was finite throughout
+   resumed: a new run never lands on top of an old one, and a finished run is
+   never written again (a resume only restores files that went missing).
+2. One process at a time: the folder's lock is held from the first check to
+   the end of training, so two runs or two resumes never share a folder.
+3. Every file is written to a temporary file of its own and renamed: a crash,
+   a kill or a full disk leaves the previous version whole.
+4. A checkpoint is written only for an epoch that was finite throughout
    (`fit` checks training, evaluation and every weight and buffer first).
-4. Resuming checks everything that changes the numbers, the data included,
-   and restores any file of the folder that went missing.
+5. Resuming checks everything that changes the numbers, the data included, and
+   keeps what the run resolved when it began (precision, memory layout, CPU
+   threads), so it gives the numbers of an uninterrupted run on any machine.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
 import pickle
 import random
+import shlex
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from .config import TrainConfig, make_config
+from .config import ConfigError, TrainConfig, make_config
 from .errors import ExplainedError
+from .locking import LOCK, check_not_in_use, folder_lock
 from .runtime import RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, pick_device
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
-CHECKPOINT_FORMAT = 2  # 2: the checkpoint also records the data it was trained on
+# 2: the checkpoint also records the data it was trained on; 3: also what the run
+# resolved ("resolved": precision, memory layout, threads) and config.json's contents.
+CHECKPOINT_FORMAT = 3
 # Parameters that may differ between a run and its resumption: they change
 # where things are or how progress looks, not what is computed. (The data
 # folder may move; the data itself is checked by its fingerprint.)
 RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile"}
+# What a run resolved when it began and keeps when resumed elsewhere: each changes the numbers.
+KEPT_ON_RESUME = ("precision", "channels_last", "threads")
 
 
 class RunFolderError(ExplainedError, RuntimeError):
@@ -66,15 +80,21 @@ class Run:
     device: torch.device
     classes: tuple[str, ...]
     step_lrs: list[float] = field(default_factory=list)  # lr of each step taken in this call
+    info: dict[str, Any] = field(default_factory=dict)     # config.json's contents
 
     @property
     def finished(self) -> bool:
         return bool(self.history) and int(self.history[-1]["epoch"]) == self.config.num_epochs
 
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """What the run trained with: precision, memory layout (and CPU threads), as recorded."""
+        return self.info.get("resolved") or self.config.resolved(self.device)
+
 
 def resume_command(run_dir: Path) -> str:
-    """The command that continues a run, in the words of the README."""
-    return f"papermill notebooks/03_train.ipynb out.ipynb -p resume True -p run_dir {run_dir}"
+    """The command that continues a run, in the words of the README (paths quoted for a shell)."""
+    return f"papermill notebooks/03_train.ipynb out.ipynb -p resume True -p run_dir {shlex.quote(str(run_dir))}"
 
 
 # --------------------------------------------------------------------------
@@ -114,17 +134,36 @@ def latest_run_dir(root: Path = RUNS_DIR, finished: bool = False) -> Path:
                          "(notebooks/03_train.ipynb), or name a run folder with run_dir.")
 
 
+def run_to_resume(root: Path = RUNS_DIR) -> Path:
+    """What resume=True without a run_dir continues: the latest run under `root` that is unfinished."""
+    runs = run_folders(root)
+    unfinished = [p for p in runs if not is_finished(p)]
+    if unfinished:
+        return unfinished[-1]
+    if runs:
+        raise ResumeError(f"resume=True without a run_dir continues the latest unfinished run under "
+                          f"{root}, but every run there is finished (the latest: {runs[-1]}). Name the "
+                          "run to continue with run_dir, or start a new run with resume=False.")
+    raise ResumeError(f"resume=True, but there is no run under {root} to continue. Start a new run "
+                      "with resume=False, or name a run folder with run_dir.")
+
+
 def progress_of(run_dir: Path) -> str:
     """ "stopped after epoch 3 of 60", from what the folder holds."""
     try:
         planned = json.loads((run_dir / CONFIG).read_text())["config"]["num_epochs"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         planned = "?"
     try:
         done = len(read_history(run_dir))
-    except OSError:
+    except (OSError, RunFolderError):
         done = 0
     return f"stopped after epoch {done} of {planned}" if done else f"stopped before its first epoch ended (of {planned})"
+
+
+def _files_of_the_run(run_dir: Path) -> list[Path]:
+    """What the folder holds, less the lock (which names only the last process there)."""
+    return sorted(p for p in run_dir.iterdir() if p.name != LOCK)
 
 
 def stopped_before_first_epoch(run_dir: Path) -> bool:
@@ -132,15 +171,30 @@ def stopped_before_first_epoch(run_dir: Path) -> bool:
 
     That is config.json at most, and temporary files of an interrupted write. Such
     a run has nothing to continue and nothing to lose: it can start again from epoch 1.
+    (Only ask this of a folder whose lock you hold: a run may be starting there.)
     """
-    return all(p.name == CONFIG or p.name.endswith(".tmp") for p in run_dir.iterdir())
+    return all(p.name == CONFIG or p.name.endswith(".tmp") for p in _files_of_the_run(run_dir))
 
 
-def prepare_new_run_dir(run_dir: Path) -> None:
-    """Refuse a folder that holds anything; a new run writes only into a new or empty folder."""
+def check_path_is_usable(run_dir: Path) -> None:
+    """Refuse a run_dir that is a file, or whose names are too long for the filesystem, before any work."""
+    longest = max((len(os.fsencode(part)) for part in run_dir.parts), default=0)
+    if longest > 255 or len(os.fsencode(str(run_dir.absolute()))) > 4000:
+        raise ConfigError(f"run_dir={str(run_dir)[:60]!r}... is too long: a folder name may have at "
+                          "most 255 characters (and the whole path about 4,000). Choose a shorter run_dir.")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"run_dir={str(run_dir)!r} is a file, not a folder: choose another run_dir.")
-    held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a folder that holds anything; a new run writes only into a new or empty folder."""
+    check_path_is_usable(run_dir)
+    check_not_in_use(run_dir, "run folder")  # say so, rather than that it holds files
+    check_holds_nothing(run_dir)
+
+
+def check_holds_nothing(run_dir: Path) -> None:
+    held = [p.name for p in _files_of_the_run(run_dir)] if run_dir.is_dir() else []
     if held:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise RunFolderError(
@@ -148,7 +202,6 @@ def prepare_new_run_dir(run_dir: Path) -> None:
             "into a folder that holds anything. Choose another run_dir (or leave it empty for "
             "runs/<date-time>), or, if it is an earlier run you want to continue, "
             "pass resume=True (`-p resume True`).")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 # --------------------------------------------------------------------------
@@ -158,11 +211,12 @@ def prepare_new_run_dir(run_dir: Path) -> None:
 def atomic_write(path: Path, write: Callable) -> None:
     """Write through a temporary file and rename it: a crash never leaves half a file.
 
-    If writing fails (a full disk, a vanished folder), the temporary file is
-    removed, the previous version of `path` is untouched, and RunFolderError
-    says so.
+    The temporary file's name carries the process id, so no two processes ever
+    write the same one. If writing fails (a full disk, a read-only folder), the
+    temporary file is removed, the previous version of `path` is untouched, and
+    RunFolderError says why and what to do.
     """
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -171,21 +225,27 @@ def atomic_write(path: Path, write: Callable) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports write failures as RuntimeError
         tmp.unlink(missing_ok=True)
+        why, fix = _why_write_failed(exc, path.parent)
         raise RunFolderError(
-            f"Could not write {path.name} into {path.parent}: {_why_write_failed(exc, path.parent)}. "
-            f"Its previous version, if any, is intact. Make room, then continue the run with "
-            f"resume=True (`{resume_command(path.parent)}`).") from exc
+            f"Could not write {path.name} into {path.parent}: {why}. Its previous version, if "
+            f"any, is intact. {fix}, then continue the run with resume=True "
+            f"(`{resume_command(path.parent)}`).") from exc
 
 
-def _why_write_failed(exc: Exception, folder: Path) -> str:
+def _why_write_failed(exc: Exception, folder: Path) -> tuple[str, str]:
+    """What went wrong, and what to do about it (a sentence without its full stop)."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"the folder cannot be written ({reason})",
+                "Make it writable (or move the run folder somewhere writable)")
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
-        return reason
-    if getattr(exc, "errno", None) == errno.ENOSPC or free < 64 * 2**20:
-        return f"no space left on the disk ({free / 2**20:.0f} MiB free now)"
-    return reason
+        return reason, "Fix that"
+    if code == errno.ENOSPC or free < 64 * 2**20:
+        return f"no space left on the disk ({free / 2**20:.0f} MiB free now)", "Make room"
+    return reason, "Fix that"
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -199,18 +259,35 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:
-    with open(Path(run_dir) / HISTORY, newline="") as fh:
-        return [{k: float(v) if v != "" else float("nan") for k, v in row.items()}
-                for row in csv.DictReader(fh)]
+    """history.csv as one dict of numbers per epoch (OSError if it is missing)."""
+    path = Path(run_dir) / HISTORY
+    with open(path, newline="") as fh:
+        try:
+            return [{k: float(v) if v != "" else float("nan") for k, v in row.items()}
+                    for row in csv.DictReader(fh)]
+        except (TypeError, ValueError, csv.Error) as exc:  # a hand-edited or truncated file
+            raise RunFolderError(f"{path} is damaged ({exc}). Resuming the run rewrites it from "
+                                 f"its checkpoint: `{resume_command(Path(run_dir))}`.") from None
 
 
-def write_weights(run_dir: Path, model: torch.nn.Module) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_weights(run_dir: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
+    """model.pt, and its sha256 in config.json (`info`): 04 checks that they still belong together."""
     atomic_write(run_dir / WEIGHTS, lambda fh: torch.save(model.state_dict(), fh))
+    info["model_sha256"] = file_sha256(run_dir / WEIGHTS)
+    write_config(run_dir, info)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and the machine, for config.json: what a reader needs to compare runs."""
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda,
+    info = {"torch": str(torch.__version__), "cuda": torch.version.cuda,  # plain str: checkpoints load safely
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "device": device_name(device), "python": sys.version.split()[0]}
     if device.type == "cpu":
@@ -246,7 +323,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -255,18 +332,18 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, config: TrainConfig,
-                    epoch: int, history: list[dict], data: dict[str, Any]) -> None:
-    state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "data": data,
-             "epoch": epoch, "history": history, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_state()}
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, info: dict[str, Any],
+                    epoch: int, history: list[dict]) -> None:
+    """The state after `epoch`, with what resuming needs to check and keep (`info`: config.json's)."""
+    state = {"format": CHECKPOINT_FORMAT, "config": info["config"], "data": info["data"],
+             "resolved": info["resolved"], "info": info, "epoch": epoch, "history": history,
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": _rng_state()}
     atomic_write(run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
 
 
-def load_checkpoint(run_dir: Path, device: torch.device) -> dict:
-    """The checkpoint's contents, loaded safely (tensors and plain data only)."""
-    path = run_dir / CHECKPOINT
+def load_safely(path: Path, device: torch.device | str) -> Any:
+    """torch.load of tensors and plain data only; RunFolderError (never torch's advice) otherwise."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a damaged zip, a truncated file, a refused pickle, ...
@@ -274,12 +351,20 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict:
         if isinstance(exc, pickle.UnpicklingError) or "weights_only" in message:
             # The safe load refused it. Its advice (load with weights_only=False)
             # would run whatever code the file holds: never repeat it.
-            why = "it holds data that a safe load refuses, which no checkpoint of this project holds"
+            why = "it holds data that a safe load refuses, which no file of this project holds"
         else:
             why = f"it is damaged ({message.splitlines()[0] if message else type(exc).__name__})"
-    raise ResumeError(f"{path} cannot be read: {why}, so this run cannot be continued from it; "
-                      "its other files are kept as they are. Start a new run in another folder "
-                      "(another run_dir, or leave run_dir empty for runs/<date-time>).")
+    raise RunFolderError(f"{path} cannot be read: {why}")
+
+
+def load_checkpoint(run_dir: Path, device: torch.device) -> dict:
+    """The checkpoint's contents, loaded safely (tensors and plain data only)."""
+    try:
+        return load_safely(run_dir / CHECKPOINT, device)
+    except RunFolderError as error:
+        raise ResumeError(f"{error}, so this run cannot be continued from it; its other files are "
+                          "kept as they are. Start a new run in another folder (another run_dir, "
+                          "or leave run_dir empty for runs/<date-time>).") from None
 
 
 def settings_that_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -297,45 +382,82 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
                           "checkpoint's values (`-p NAME VALUE`), or start a new run in another run_dir.")
 
 
-def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], path: Path) -> None:
-    """Refuse to continue a run on other data: the numbers would silently mean something else."""
+def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], path: Path,
+                    keys: tuple[str, ...] = ("fingerprint", "train", "val", "test"),
+                    fix: str = "Resume with the data it was trained on (data_dir, `-p data_dir PATH`), "
+                               "or start a new run in another run_dir.",
+                    error: type[RunFolderError] = ResumeError) -> None:
+    """Refuse to go on with other data than the run's: the numbers would silently mean something else."""
     if not saved:
         return  # a checkpoint of format 1 did not record its data
-    keys = ("fingerprint", "train", "val", "test")
     if any(saved.get(k) != now.get(k) for k in keys):
-        raise ResumeError(
+        counts = " / ".join(f"{saved.get(k)}" for k in ("train", "test"))
+        raise error(
             f"{path} was trained on other data: {saved.get('folder')} (fingerprint "
-            f"{saved.get('fingerprint')}, {saved.get('train')} training images), but this run "
-            f"found {now['folder']} (fingerprint {now['fingerprint']}, {now['train']} training "
-            "images). Resume with the data it was trained on (data_dir, `-p data_dir PATH`), or "
-            "start a new run in another run_dir.")
+            f"{saved.get('fingerprint')}, {counts} training / test images), but this run "
+            f"found {now['folder']} (fingerprint {now['fingerprint']}, {now['train']} / "
+            f"{now['test']} images). {fix}")
 
 
 # --------------------------------------------------------------------------
 # Opening a run folder for fit: new, or resumed
 # --------------------------------------------------------------------------
 
-def open_run(config: TrainConfig, data: dict[str, Any], model, optimizer, scheduler,
-             device: torch.device) -> tuple[Path, list[dict], int]:
-    """The run folder, the history so far and the last finished epoch.
+def choose_run_dir(config: TrainConfig) -> Path:
+    """The folder `fit` writes, checked before anything is loaded or written.
 
-    A new run gets a new (or empty) folder. A resumed run has every state
-    restored from its checkpoint after the checkpoint's configuration and
-    data were checked against this run's; a folder whose run stopped before
-    its first checkpoint starts again from epoch 1. Nothing is written here
-    but files that went missing (history.csv), rebuilt from the checkpoint.
+    A new run: run_dir, or runs/<date-time>; it must be new or empty. A
+    resumed one: run_dir, or the latest unfinished run under runs/.
     """
     if not config.resume:
         run_dir = Path(config.run_dir) if config.run_dir else new_run_dir()
-        prepare_new_run_dir(run_dir)
-        return run_dir, [], 0
-    run_dir = Path(config.run_dir) if config.run_dir else latest_run_dir()
+        check_new_run_dir(run_dir)
+        return run_dir
+    run_dir = Path(config.run_dir) if config.run_dir else run_to_resume()
+    check_path_is_usable(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"resume=True, but {run_dir} holds no run to continue (the folder does not "
+                          "exist). Name the run folder with run_dir, or start a new run with resume=False.")
+    return run_dir
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, config: TrainConfig) -> Iterator[None]:
+    """Hold the run folder's lock (creating the folder) from the checks to the end of training.
+
+    Another process in the folder (a second copy of the run, a second resume)
+    stops this one with FolderInUse before it reads or writes anything there.
+    """
+    with folder_lock(run_dir, "run folder"):
+        if not config.resume:
+            check_holds_nothing(run_dir)  # again, now alone: another run may have begun there since
+        yield
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: the state after its last finished epoch, as checked."""
+
+    epoch: int
+    history: list[dict]
+    states: dict[str, Any]            # "model", "optimizer", "scheduler", "rng"
+    resolved: dict[str, Any] | None   # what the run resolved when it began (format 3 on)
+    info: dict[str, Any] | None       # its config.json (format 3 on)
+
+
+def resume_point(run_dir: Path, config: TrainConfig, data: dict[str, Any],
+                 device: torch.device) -> ResumePoint | None:
+    """The checkpoint to continue from, checked against this run's configuration and data.
+
+    None: the run stopped before its first checkpoint, so it starts again from
+    epoch 1. Call it holding the folder's lock. Nothing is written here.
+    """
     if not (run_dir / CHECKPOINT).is_file():
         if not (run_dir / CONFIG).is_file():
             raise ResumeError(f"resume=True, but {run_dir} holds no run to continue (no "
                               f"{CHECKPOINT}, no {CONFIG}). Start a new run there with resume=False.")
         if not stopped_before_first_epoch(run_dir):  # e.g. a finished run whose checkpoint is gone
-            held = ", ".join(sorted(p.name for p in run_dir.iterdir()))
+            held = ", ".join(p.name for p in _files_of_the_run(run_dir))
             raise ResumeError(f"resume=True, but {run_dir} has no {CHECKPOINT} to continue from, "
                               f"and its other files ({held}) show that epochs were trained; they are "
                               "kept as they are. Start a new run in another run_dir.")
@@ -343,22 +465,37 @@ def open_run(config: TrainConfig, data: dict[str, Any], model, optimizer, schedu
         check_resumable(saved_config.get("config", {}), config, run_dir / CONFIG)
         check_same_data(saved_config.get("data"), data, run_dir / CONFIG)
         print(f"{run_dir} stopped before its first epoch ended: training it from epoch 1.")
-        return run_dir, [], 0
+        return None
     saved = load_checkpoint(run_dir, device)
     check_resumable(saved.get("config", {}), config, run_dir / CHECKPOINT)
     check_same_data(saved.get("data"), data, run_dir / CHECKPOINT)
-    try:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ResumeError(f"{run_dir / CHECKPOINT} does not fit this model and optimizer "
-                          f"({str(exc).splitlines()[0]}). Start a new run in another run_dir.") from exc
-    _set_rng_state(saved["rng"])
-    history = list(saved["history"])
-    if history:
-        write_history(run_dir, history)  # restores a deleted or damaged history.csv
-    return run_dir, history, int(saved["epoch"])
+    return ResumePoint(int(saved["epoch"]), list(saved["history"]),
+                       {k: saved[k] for k in ("model", "optimizer", "scheduler", "rng")},
+                       saved.get("resolved"), saved.get("info"))
+
+
+def restore_missing_files(run_dir: Path, point: ResumePoint, info: dict[str, Any],
+                          finished: bool) -> None:
+    """Put back what went missing from the folder, from the checkpoint; leave the rest untouched.
+
+    A finished run whose files are all there is refused: a resume never writes a finished run.
+    """
+    missing = [name for name in (CONFIG, HISTORY) + ((WEIGHTS,) if finished else ())
+               if not (run_dir / name).is_file()]
+    if finished and not missing:
+        raise RunFolderError(f"{run_dir} is already finished: all {point.epoch} epochs are "
+                             "trained and its files are complete, so there is nothing to continue "
+                             "and nothing is written. Evaluate it with notebook 04 "
+                             f"(`-p run_dir {shlex.quote(str(run_dir))}`), or start a new run.")
+    if HISTORY in missing and point.history:
+        write_history(run_dir, point.history)
+    if WEIGHTS in missing:
+        atomic_write(run_dir / WEIGHTS, lambda fh: torch.save(point.states["model"], fh))
+        info["model_sha256"] = file_sha256(run_dir / WEIGHTS)
+    if CONFIG in missing or WEIGHTS in missing:
+        write_config(run_dir, info)
+    if missing:
+        print(f"{run_dir}: restored {', '.join(missing)} from its checkpoint")
 
 
 # --------------------------------------------------------------------------
@@ -371,30 +508,91 @@ def load_run(run_dir: str | Path | None = None, device: torch.device | str | Non
 
     An unfinished run (no model.pt) is refused with the command that finishes
     it, unless unfinished=True, which loads its last checkpoint: then
-    `run.finished` is False and its numbers are not a final result.
+    `run.finished` is False and its numbers are not a final result. A model.pt
+    that is not the one this run wrote (its sha256 differs from config.json's),
+    or a folder whose files are damaged, is refused with a message naming the file.
     """
     from .train import build_model  # train imports this module
 
     run_dir = Path(run_dir) if run_dir else latest_run_dir(finished=not unfinished)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run_dir={str(run_dir)!r} is not a folder: name a run folder "
+                             "(runs/<name>), or leave run_dir empty for the latest finished run.")
     info = read_config(run_dir)
-    config = make_config(**info["config"])
-    device = torch.device(device) if device is not None else pick_device()
-    model = build_model(config, len(info["data"]["classes"]))
-    if is_finished(run_dir):
-        state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
-    elif unfinished and (run_dir / CHECKPOINT).is_file():
-        state = load_checkpoint(run_dir, torch.device("cpu"))["model"]
-    else:
+    config, classes = _recorded_configuration(info, run_dir)
+    if not is_finished(run_dir) and not (unfinished and (run_dir / CHECKPOINT).is_file()):
         raise RunFolderError(f"{run_dir} is unfinished: it {progress_of(run_dir)}, so it has no "
                              f"final model ({WEIGHTS}). Finish it with `{resume_command(run_dir)}`, "
                              "or evaluate a finished run (run_dir).")
-    model.load_state_dict(state)
-    if config.resolved(device)["channels_last"]:  # the layout fit evaluated with
+    history = _recorded_history(run_dir)
+    if is_finished(run_dir):
+        check_model_provenance(run_dir, info)
+        state = load_safely(run_dir / WEIGHTS, "cpu")
+    else:
+        state = load_checkpoint(run_dir, torch.device("cpu"))["model"]
+    model = build_model(config, len(classes))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+        raise RunFolderError(f"The weights in {run_dir} do not fit the model its {CONFIG} describes "
+                             f"({str(exc).splitlines()[0][:200]}): one of the two files was changed "
+                             "or copied from another run. Evaluate another run (run_dir).") from None
+    device = torch.device(device) if device is not None else pick_device()
+    run = Run(config, run_dir, model, history, device, classes, info=info)
+    if run.resolved["channels_last"]:  # the layout the run trained and evaluated with
         model = model.to(memory_format=torch.channels_last)
+    run.model = model.to(device).eval()
+    return run
+
+
+def _recorded_configuration(info: dict[str, Any], run_dir: Path) -> tuple[TrainConfig, tuple[str, ...]]:
+    """The TrainConfig and the class names config.json records; RunFolderError if it does not hold them."""
+    try:
+        return make_config(**info["config"]), tuple(info["data"]["classes"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        problem = f"it has no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise RunFolderError(f"{run_dir / CONFIG} is damaged or was edited ({problem}), so the run "
+                             "cannot be rebuilt from it. Evaluate another run (run_dir).") from None
+
+
+def _recorded_history(run_dir: Path) -> list[dict[str, float]]:
+    """history.csv with at least one epoch; RunFolderError saying how to restore it otherwise."""
     try:
         history = read_history(run_dir)
     except FileNotFoundError:
-        raise RunFolderError(f"{run_dir / HISTORY} is missing; resuming the run restores it: "
-                             f"`{resume_command(run_dir)}`.") from None
-    return Run(config, run_dir, model.to(device).eval(), history, device,
-               tuple(info["data"]["classes"]))
+        history = None
+    if not history or "test_acc" not in history[0]:
+        state = "is missing" if history is None else "holds no epoch"
+        raise RunFolderError(f"{run_dir / HISTORY} {state}; resuming the run restores it from "
+                             f"its checkpoint: `{resume_command(run_dir)}`.")
+    return history
+
+
+def check_model_provenance(run_dir: Path, info: dict[str, Any]) -> None:
+    """Refuse a model.pt that is not the one this run wrote (config.json keeps its sha256)."""
+    recorded = info.get("model_sha256")
+    if recorded is None:
+        return  # a run from before config.json recorded it
+    found = file_sha256(run_dir / WEIGHTS)
+    if found != recorded:
+        raise RunFolderError(f"{run_dir / WEIGHTS} is not the model this run wrote: its sha256 is "
+                             f"{found[:16]}..., {CONFIG} records {recorded[:16]}... (a model.pt copied "
+                             "from another run?). Evaluate the run whose model it is, or train again.")
+
+
+def load_test_split(run: Run, data_dir: str | Path | None = None):
+    """The test images the run measured, loaded again and checked to be the very same data.
+
+    `data_dir`: where CIFAR-10 is now (default: the run's data_dir). A copy
+    with another fingerprint (other files, other labels) is refused, naming both.
+    """
+    from .data import load_cifar10, prepare_splits  # data loads torchvision: only when needed
+
+    data = load_cifar10(data_dir or run.config.data_dir or None)
+    test = prepare_splits(data, test_subset=run.config.test_subset).test
+    now = {"folder": str(data.folder), "fingerprint": data.fingerprint, "train": len(data.train),
+           "test": len(test)}
+    check_same_data(run.info.get("data"), now, run.run_dir / CONFIG, keys=("fingerprint", "test"),
+                    fix="Evaluate it on the data it was trained on (`-p data_dir PATH`).",
+                    error=RunFolderError)
+    return test

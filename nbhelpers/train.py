@@ -24,9 +24,11 @@ from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
 from .model import Model
 from .progress import Progress
 from .ranger import Ranger
-from .runs import (CHECKPOINT, Run, environment, open_run, save_checkpoint, write_config,
-                   write_history, write_weights)
-from .runtime import pick_device, seed_everything
+from .runs import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
+                   set_rng_state,
+                   environment, restore_missing_files, resume_point, save_checkpoint, write_config,
+                   write_history, write_weights, writing)
+from .runtime import pick_device, seed_everything, total_memory
 
 
 class TrainingDiverged(ExplainedError, FloatingPointError):
@@ -87,13 +89,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                       total_steps=config.num_epochs * steps_per_epoch, anneal_strategy="linear")
 
 
-def build_training(config: TrainConfig, device: torch.device, num_classes: int = 10):
-    """The model (plain, for checkpoints), the one to run (compiled where chosen), the optimizer.
+def build_training(config: TrainConfig, device: torch.device, num_classes: int = 10,
+                   chosen: dict[str, Any] | None = None):
+    """The model (plain, for checkpoints), the one to run (compiled where chosen), the optimizer,
+    and what was chosen.
 
-    The optimizer is made before compilation runs: it lays the parameters out flat,
-    and a compiled graph should see them where they will stay.
+    `chosen` is what the run resolved (`settings_for`; default: the "auto" choices
+    for `device`). The optimizer is made before compilation runs: it lays the
+    parameters out flat, and a compiled graph should see them where they will stay.
     """
-    chosen = config.resolved(device)
+    chosen = chosen or config.resolved(device)
     model = build_model(config, num_classes).to(device)
     if chosen["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -102,6 +107,80 @@ def build_training(config: TrainConfig, device: torch.device, num_classes: int =
     # batch and evaluation, instead of slower shape-generic kernels.
     step_model = torch.compile(model, dynamic=False) if chosen["compile"] else model
     return model, step_model, optimizer, chosen
+
+
+def settings_for(config: TrainConfig, device: torch.device, point: ResumePoint | None) -> dict[str, Any]:
+    """What the run trains with: the "auto" choices made for `device`, and on a CPU its thread count.
+
+    A resumed run keeps what it resolved when it began (KEPT_ON_RESUME: precision,
+    memory layout, threads), since each of them changes the numbers: resumed on
+    another CPU or with another thread count, it still computes what an
+    uninterrupted run computes. It says so when that differs from this machine's choice.
+    """
+    chosen = config.resolved(device)
+    if device.type == "cpu":
+        chosen["threads"] = torch.get_num_threads()
+    if point is not None and point.resolved:
+        kept = {k: point.resolved[k] for k in KEPT_ON_RESUME if k in point.resolved and k in chosen}
+        changed = [f"{k} {v} (here {chosen[k]})" for k, v in kept.items() if chosen[k] != v]
+        if changed:
+            print("resuming with what the run began with: " + ", ".join(changed))
+        chosen.update(kept)
+    if "threads" in chosen:
+        torch.set_num_threads(chosen["threads"])
+    return chosen
+
+
+def restore(point: ResumePoint, model, optimizer, scheduler, config: TrainConfig, run_dir) -> None:
+    """Every state of a resumed run, as its checkpoint holds it; ResumeError before any write if it does not fit."""
+    path = run_dir / CHECKPOINT
+    try:
+        model.load_state_dict(point.states["model"])
+        check_optimizer_state(point.states["optimizer"], config)
+        optimizer.load_state_dict(point.states["optimizer"])
+        scheduler.load_state_dict(point.states["scheduler"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ResumeError(f"{path} does not fit this model and optimizer "
+                          f"({str(exc).splitlines()[0]}). Start a new run in another run_dir.") from exc
+    set_rng_state(point.states["rng"])
+
+
+def check_optimizer_state(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse an optimizer state that is not `config.optimizer`'s (it would fail at the first step)."""
+    probe = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(probe, config)
+    probe.weight.grad, probe.bias.grad = torch.zeros(2, 2), torch.zeros(2)
+    optimizer.step()
+    expected = {key for state in optimizer.state.values() for key in state}
+    found = {key for state in saved.get("state", {}).values() for key in state}
+    if found and found != expected:
+        raise ValueError(f"its optimizer state holds {sorted(found)}, but {config.optimizer} "
+                         f"keeps {sorted(expected)}")
+
+
+def check_fits_in_memory(config: TrainConfig, device: torch.device) -> None:
+    """Refuse sizes that cannot fit on the device, before anything is allocated.
+
+    A lower bound: every parameter with its gradient and three optimizer states
+    (Ranger's two moments and Lookahead's slow copy) in float32, and the first
+    block's conv and BatchNorm outputs for one batch.
+    """
+    available = total_memory(device)
+    if available is None:
+        return
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            parameters = sum(p.numel() for p in build_model(config).parameters())
+    except RuntimeError:  # so large that even the shapes' sizes overflow
+        parameters = 2**63
+    activations = 2 * config.batch_size * config.num_conv_layer * config.backbone_out_channels * 32 * 32
+    needed = 4 * (5 * parameters + activations)
+    if needed > available:
+        raise ConfigError(
+            f"backbone_out_channels={config.backbone_out_channels}, hidden_size={config.hidden_size} "
+            f"and batch_size={config.batch_size} need at least {needed / 2**30:,.0f} GiB to train "
+            f"({parameters:,.3g} parameters), more than this {device.type} device's "
+            f"{available / 2**30:,.0f} GiB. Choose smaller values (the seed's: 1024, 512 and 128).")
 
 
 def schedule_trace(config: TrainConfig, steps_per_epoch: int) -> dict[str, list[float]]:
@@ -186,40 +265,62 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
     num_epochs); a later call with resume=True continues exactly there.
     `data` reuses already loaded CIFAR-10 (else it is loaded from data_dir).
     Every parameter is checked, against the data too, before the run folder
-    is touched.
+    is touched; from then on this process holds the folder's lock.
     """
     config = make_config(config, **overrides)
     device = torch.device(device) if device is not None else pick_device()
+    check_fits_in_memory(config, device)
     seed_everything(config.rand_seed, config.deterministic)
 
+    run_dir = choose_run_dir(config)
     data = data or load_cifar10(config.data_dir or None, config.download)
     splits = prepare_splits(data, config.train_subset, config.test_subset, config.val_size)
     check_batch_size(config, len(splits.train))
-    train_loader = CifarLoader(splits.train, config.batch_size, train=True, device=device,
-                               seed=config.rand_seed)
-    steps_per_epoch = len(train_loader)
-
-    model, step_model, optimizer, chosen = build_training(config, device, len(splits.classes))
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-
     data_record = describe_splits(data, splits)
-    run_dir, history, start = open_run(config, data_record, model, optimizer, scheduler, device)
-    write_config(run_dir, {"config": config.to_dict(), "resolved": chosen, **environment(device),
-                           "data": data_record, "steps_per_epoch": steps_per_epoch})
-    measured = [("val", splits.val), ("test", splits.test)] if splits.val else [("test", splits.test)]
-    eval_loaders = {name: CifarLoader(split, EVAL_BATCH_SIZE, train=False, device=device)
-                    for name, split in measured}
+    with writing(run_dir, config):
+        point = resume_point(run_dir, config, data_record, device) if config.resume else None
+        chosen = settings_for(config, device, point)
+        train_loader = CifarLoader(splits.train, config.batch_size, train=True, device=device,
+                                   seed=config.rand_seed)
+        model, step_model, optimizer, _ = build_training(config, device, len(splits.classes), chosen)
+        scheduler = build_scheduler(optimizer, config, len(train_loader))
+        info = {"config": config.to_dict(), "resolved": chosen, **environment(device),
+                "data": data_record, "steps_per_epoch": len(train_loader)}
+        if point is None:
+            history, start = [], 0
+            write_config(run_dir, info)
+        else:
+            restore(point, model, optimizer, scheduler, config, run_dir)
+            history, start, info = point.history, point.epoch, point.info or info
+            restore_missing_files(run_dir, point, info, finished=start >= config.num_epochs)
+        run = Run(config, run_dir, model, history, device, splits.classes, info=info)
+        end = min(config.num_epochs, stop_after or config.num_epochs)
+        train_epochs(run, range(start + 1, end + 1), step_model, train_loader, optimizer,
+                     scheduler, eval_splits(splits, device))
+        if run.finished and start < config.num_epochs:
+            write_weights(run_dir, model, info)
+    return run
 
-    end = min(config.num_epochs, stop_after or config.num_epochs)
-    run = Run(config, run_dir, model, history, device, splits.classes)
-    progress = Progress(config.progress, (end - start) * steps_per_epoch, config.num_epochs)
+
+def eval_splits(splits: Splits, device: torch.device) -> dict[str, CifarLoader]:
+    """A loader per split measured after every epoch: the validation split (if any), then test."""
+    measured = [("val", splits.val), ("test", splits.test)] if splits.val else [("test", splits.test)]
+    return {name: CifarLoader(split, EVAL_BATCH_SIZE, train=False, device=device)
+            for name, split in measured}
+
+
+def train_epochs(run: Run, epochs: range, step_model, train_loader: CifarLoader, optimizer,
+                 scheduler, eval_loaders: dict[str, CifarLoader]) -> None:
+    """Train `epochs`; after each: evaluate, check, checkpoint, append to history, report."""
+    config, chosen, device = run.config, run.info["resolved"], run.device
+    progress = Progress(config.progress, len(epochs) * len(train_loader), config.num_epochs)
 
     def on_step(lr: float) -> None:
         run.step_lrs.append(lr)
         progress.step()
 
     try:
-        for epoch in range(start + 1, end + 1):
+        for epoch in epochs:
             progress.start_epoch(epoch)
             train_loader.set_epoch(epoch)
             tic = time.perf_counter()
@@ -234,16 +335,13 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
                 row[f"{name}_loss"], row[f"{name}_acc"] = result["loss"], result["acc"]
             row["lr"] = lr
             row["seconds"] = time.perf_counter() - tic
-            check_finite(epoch, row, trained["first_bad_step"], model, config, chosen, run_dir)
-            history.append(row)
-            save_checkpoint(run_dir, model, optimizer, scheduler, config, epoch, history, data_record)
-            write_history(run_dir, history)
-            progress.end_epoch(history)
+            check_finite(epoch, row, trained["first_bad_step"], run.model, config, chosen, run.run_dir)
+            run.history.append(row)
+            save_checkpoint(run.run_dir, run.model, optimizer, scheduler, run.info, epoch, run.history)
+            write_history(run.run_dir, run.history)
+            progress.end_epoch(run.history)
     finally:
         progress.close()
-    if run.finished:
-        write_weights(run_dir, model)
-    return run
 
 
 def check_batch_size(config: TrainConfig, train_images: int) -> None:

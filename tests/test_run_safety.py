@@ -15,6 +15,7 @@ import torch
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError
 from nbhelpers.data import write_synthetic_cifar10
+from nbhelpers.locking import LOCK
 from nbhelpers.runs import RunFolderError, ResumeError, latest_run_dir, load_run
 
 TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subset=320,
@@ -22,7 +23,8 @@ TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subse
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """The run's files (not the lock, which names the last process that looked in)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != LOCK}
 
 
 @pytest.fixture
@@ -170,13 +172,15 @@ def test_9_a_full_disk_stops_with_a_clear_message_and_leaves_no_temporary_file(
     T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, stop_after=1, **TINY)
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     # Every write through this name lands on /dev/full: the kernel's real "No space left".
-    (tmp_path / "run" / "checkpoint.pt.tmp").symlink_to("/dev/full")
+    # (fit writes through <file>.<its pid>.tmp, and runs in this process here).
+    temporary = tmp_path / "run" / f"checkpoint.pt.{os.getpid()}.tmp"
+    temporary.symlink_to("/dev/full")
     with pytest.raises(RunFolderError) as info:
         T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, resume=True, **TINY)
     message = str(info.value)
     assert message.startswith("Could not write checkpoint.pt into")
     assert "no space left on the disk" in message and "-p resume True" in message
-    assert not (tmp_path / "run" / "checkpoint.pt.tmp").exists()
+    assert not temporary.exists() and not list((tmp_path / "run").glob("*.tmp"))
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
 
 

@@ -31,10 +31,12 @@ def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthet
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["test_acc"] > 40  # chance is 10%
     folder = tmp_path / "run"
-    assert {p.name for p in folder.iterdir()} == {"config.json", "history.csv", "checkpoint.pt", "model.pt"}
+    assert {p.name for p in folder.iterdir()} == {"config.json", "history.csv", "checkpoint.pt",
+                                                  "model.pt", ".lock"}
     info = json.loads((folder / "config.json").read_text())
     assert info["config"]["num_epochs"] == 2
-    assert info["resolved"] == run.config.resolved(torch.device("cpu"))  # the "auto" choices, recorded
+    # the "auto" choices and the CPU threads, recorded
+    assert info["resolved"] == dict(run.config.resolved(torch.device("cpu")), threads=torch.get_num_threads())
     assert info["torch"] == torch.__version__ and info["device"].startswith("cpu (")
     assert info["cpu"] and isinstance(info["cpu_fast_bf16"], bool)
     assert info["data"]["fingerprint"] == synthetic_data.fingerprint and info["data"]["train"] == 2000
@@ -211,7 +213,8 @@ def test_the_gpu_code_paths_train_checkpoint_and_resume_on_a_cpu(synthetic_data,
                     deterministic=False)
     first = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **gpu_like)
     info = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert info["resolved"] == {"precision": "bf16", "compile": True, "channels_last": True}
+    assert info["resolved"] == {"precision": "bf16", "compile": True, "channels_last": True,
+                                "threads": torch.get_num_threads()}
     resumed = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True, **gpu_like)
     assert [row["epoch"] for row in resumed.history] == [1, 2] and resumed.finished
     assert len(first.step_lrs) == len(resumed.step_lrs) == 10  # the schedule went on where it stopped

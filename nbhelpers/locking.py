@@ -1,0 +1,117 @@
+"""One process at a time in a folder: an exclusive lock that dies with its process.
+
+A run folder (and a sweep's entry folder) is written by one process only. Two
+trainings in one folder, or two resumes of one run, would each overwrite the
+other's checkpoint. So whoever writes a folder first takes its lock:
+
+    with folder_lock(run_dir, "run"):     # FolderInUse if another process holds it
+        ...                               # check, train, write
+
+The lock is the operating system's (flock on Linux and macOS, msvcrt's byte
+lock on Windows) on a small file, `.lock`, inside the folder. The kernel
+drops it when the process ends, however it ends (kill -9 included), so a
+lock is never stale and never needs cleaning up; the file itself stays and
+names the last holder. On a cluster the folders must lie on a filesystem
+whose locks every node sees (NFSv4, or NFSv3 with lockd; Lustre mounted
+with `-o flock`): otherwise two nodes each get "the" lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+from .errors import ExplainedError
+
+LOCK = ".lock"  # inside the locked folder; not a file of the run
+
+try:
+    import fcntl
+
+    def _try_lock(fh: IO) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError if held elsewhere
+
+    def _unlock(fh: IO) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+except ImportError:  # Windows
+    import msvcrt
+
+    def _try_lock(fh: IO) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(fh: IO) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+class FolderInUse(ExplainedError, RuntimeError):
+    """Another process holds the folder's lock: it is training (or resuming) there right now."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+def holder_of(folder: Path) -> str:
+    """Who holds (or last held) the folder's lock: "host h, pid 123, since 2026-11-30 10:15:02"."""
+    try:
+        return (Path(folder) / LOCK).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str = "folder") -> Iterator[None]:
+    """Hold `folder`'s lock inside the `with` (creating the folder); FolderInUse if it is held.
+
+    `what` names the folder in the message ("run folder", "sweep entry").
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # "a" creates the file without truncating what the holder wrote into it.
+    handle = open(folder / LOCK, "a+")
+    try:
+        _try_lock(handle)
+    except OSError:
+        handle.close()
+        raise _in_use(folder, what) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, "
+                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        _unlock(handle)
+        handle.close()
+
+
+def _in_use(folder: Path, what: str) -> FolderInUse:
+    holder = holder_of(folder)
+    return FolderInUse(f"The {what} {folder} is in use: {holder} is running there now. Wait "
+                       "until it ends, or use another folder.", holder)
+
+
+def check_not_in_use(folder: Path, what: str = "folder") -> None:
+    """FolderInUse if another process holds `folder`'s lock now (a check only: nothing is locked)."""
+    if is_locked(folder):
+        raise _in_use(Path(folder), what)
+
+
+def is_locked(folder: Path) -> bool:
+    """Is another process holding `folder`'s lock right now? (Never creates the folder.)"""
+    path = Path(folder) / LOCK
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            _try_lock(handle)
+        except OSError:
+            return True
+        _unlock(handle)
+        return False
