@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -33,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from .compare import load_runs
-from .config import TrainConfig, make_config
+from .config import TrainConfig, make_config, unknown_names
 from .errors import ExplainedError
-from .runs import (CHECKPOINT, CONFIG, is_finished, settings_that_differ,
+from .locking import FolderInUse, folder_lock, holder_of, is_locked
+from .runs import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
 from .runtime import PROJECT_ROOT, RUNS_DIR
 from .series import NOTEBOOKS_DIR
@@ -75,6 +77,13 @@ class SweepError(ExplainedError, RuntimeError):
     """A sweep cannot go on as asked (a folder holds another run, or a run failed)."""
 
 
+# A run's name becomes its folder's name: one plain path component, never "..", "/x" or "a/b".
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+# The sweep itself says where the data and the runs are and how they report: a run may not.
+SET_BY_THE_SWEEP = {"data_dir", "run_dir", "resume", "progress", "download"}
+SWEEPABLE = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_THE_SWEEP]
+
+
 @dataclass
 class Entry:
     """One run of a sweep: its name, its notebook parameters and its folder."""
@@ -96,6 +105,10 @@ class Entry:
         return self.folder / "papermill.log"
 
     def state(self) -> str:
+        """'running' (in another process, now), or else how far it got (`stage`)."""
+        return "running" if is_locked(self.folder) or is_locked(self.run_dir) else self.stage()
+
+    def stage(self) -> str:
         """'finished', 'interrupted' (a checkpoint to resume from) or 'new'."""
         if is_finished(self.run_dir) and _executed_without_error(self.notebook):
             return "finished"
@@ -116,10 +129,9 @@ class Entry:
 
     def check_matches_its_folder(self) -> None:
         """Refuse to count a finished run whose configuration is not this entry's."""
-        path = self.run_dir / CONFIG
-        if not path.is_file():
+        if not (self.run_dir / CONFIG).is_file():
             return
-        saved = json.loads(path.read_text())["config"]
+        saved = read_config(self.run_dir).get("config", {})
         training = {f.name for f in fields(TrainConfig)}  # the rest are 03's own (figures_dir)
         wanted = make_config(**{k: v for k, v in self.parameters.items() if k in training}).to_dict()
         differ = [f"{k}={saved.get(k)!r} there, {wanted[k]!r} here"
@@ -166,8 +178,28 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
 
 
 def run_entry(entry: Entry, env: dict[str, str] | None = None, echo=print) -> str:
-    """Run one entry unless it is finished; resume it if interrupted. Returns what it did."""
-    state = entry.state()
+    """Run one entry unless it is finished; resume it if interrupted. Returns what it did.
+
+    The entry's folder is locked meanwhile, so a second copy of the same entry (the
+    same sweep submitted twice, or 05 while a job array runs) touches nothing and
+    says so: "running".
+    """
+    try:
+        with folder_lock(entry.folder, "sweep entry"):
+            if is_locked(entry.run_dir):  # a run started by hand in the entry's run folder
+                raise FolderInUse("", holder_of(entry.run_dir))
+            return _run_locked_entry(entry, env, echo)
+    except FolderInUse as busy:
+        echo(f"{entry.name}: running elsewhere ({busy.holder}), skipped")
+        return "running"
+    except SweepError:
+        raise
+    except ExplainedError as error:  # e.g. a damaged file in its folder: this entry's failure only
+        raise SweepError(f"{entry.name}: {error}") from error
+
+
+def _run_locked_entry(entry: Entry, env: dict[str, str] | None, echo) -> str:
+    state = entry.stage()
     if state == "finished":
         entry.check_matches_its_folder()
         echo(f"{entry.name}: finished already, skipped")
@@ -250,14 +282,43 @@ def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[s
 
 def _named_runs(runs) -> tuple[str, dict[str, dict[str, Any]]]:
     if isinstance(runs, dict):
-        return "sweep", runs
+        return "sweep", _checked_runs("the sweep", runs)
     if runs in SWEEPS:
         return runs, SWEEPS[runs]
     path = Path(runs)
     if path.suffix == ".json" and path.is_file():
-        return path.stem, json.loads(path.read_text())
+        try:
+            choices = json.loads(path.read_text())
+        except ValueError as exc:
+            raise SweepError(f"{path} is not valid JSON ({exc}); a sweep file holds "
+                             '{"run name": {"parameter": value}}.') from None
+        return path.stem, _checked_runs(str(path), choices)
     raise SweepError(f"no sweep named {runs!r}: choose one of {', '.join(SWEEPS)}, "
                      "or give a JSON file of {run name: {parameter: value}}")
+
+
+def _checked_runs(source: str, choices: Any) -> dict[str, dict[str, Any]]:
+    """Refuse, by name, anything in a sweep's runs but safe run names with training parameters."""
+    if not isinstance(choices, dict):
+        raise SweepError(f"{source} must be an object {{\"run name\": {{\"parameter\": value}}}}, "
+                         f"not a {type(choices).__name__}.")
+    if not choices:
+        raise SweepError(f"{source} has no runs: give it at least one {{\"run name\": {{...}}}}.")
+    for name, parameters in choices.items():
+        if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+            raise SweepError(f"{name!r} in {source} is not allowed as a run name: it becomes a "
+                             "folder's name, so it must be 1 to 100 letters, digits, '.', '_', '+', "
+                             "'=' or '-', starting with a letter or a digit.")
+        if not isinstance(parameters, dict):
+            raise SweepError(f"{name}: its parameters must be an object {{\"parameter\": value}} "
+                             f"in {source}, not {parameters!r}.")
+        refused = [key for key in parameters if key not in SWEEPABLE]
+        if refused:
+            raise SweepError(f"{name}: {unknown_names(refused, SWEEPABLE)} in {source}: not a "
+                             "parameter a sweep may set. A run sets training parameters only; "
+                             f"the sweep sets {', '.join(sorted(SET_BY_THE_SWEEP))} itself "
+                             "(--data-dir, --folder).")
+    return choices
 
 
 def _pick_size(size: str) -> str:
