@@ -117,8 +117,26 @@ def _as_bool(name: str, value: Any, allowed: str) -> bool:
     raise _fail(name, value, allowed)
 
 
-def _check(name: str, value: Any) -> Any:
-    kind, detail = _RULES[name]
+# Notebook 04's own parameters, checked the same way (its run_dir and data_dir name folders).
+_EVALUATION_RULES: dict[str, tuple[str, Any]] = {
+    "run_dir": ("path", None), "data_dir": ("path", None), "figures_dir": ("path", None),
+    "grid_images": ("int", (1, 100)), "extreme_images": ("int", (1, 50)),
+    "ablation_images": ("int", (0, None)),
+}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """`value` converted and checked as the training parameter `name` is (ConfigError if not allowed)."""
+    return _check(name, value)
+
+
+def check_evaluation_parameters(**values: Any) -> dict[str, Any]:
+    """Notebook 04's parameters, converted and checked; ConfigError names a bad one."""
+    return {name: _check(name, value, _EVALUATION_RULES) for name, value in values.items()}
+
+
+def _check(name: str, value: Any, rules: dict[str, tuple[str, Any]] = _RULES) -> Any:
+    kind, detail = rules[name]
     original = value  # errors quote what the user passed, not what it became
     if kind == "int":
         low, high = detail
@@ -164,7 +182,7 @@ def _check(name: str, value: Any) -> Any:
     return value
 
 
-def _unknown_names(unknown: list[str], known: list[str]) -> str:
+def unknown_names(unknown: list[str], known: list[str]) -> str:
     """ "num_epoch (did you mean num_epochs?)" for each unknown name."""
     named = []
     for name in unknown:
@@ -178,7 +196,7 @@ def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainCon
     known = [f.name for f in fields(TrainConfig)]
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise ConfigError(f"unknown training parameter(s): {_unknown_names(unknown, known)}; "
+        raise ConfigError(f"unknown training parameter(s): {unknown_names(unknown, known)}; "
                           f"known: {', '.join(sorted(known))}")
     base = config.to_dict() if config is not None else {}
     return TrainConfig(**{**base, **overrides})
@@ -217,5 +235,5 @@ def check_injected_parameters(inputs: list[str]) -> None:
     unknown = [n for n in _assigned_names(inputs[injected_at[-1]]) if n not in declared]
     if unknown:
         which = "not a parameter" if len(unknown) == 1 else "not parameters"
-        raise ConfigError(f"-p {_unknown_names(unknown, declared)}: {which} of this notebook, "
+        raise ConfigError(f"-p {unknown_names(unknown, declared)}: {which} of this notebook, "
                           f"so it would be ignored. Its parameters are {', '.join(declared)}.")

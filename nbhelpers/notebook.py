@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from .config import check_injected_parameters
+from .config import check_injected_parameters, check_value
 from . import plots
 from .data import describe_data_dir, is_synthetic
 from .errors import ExplainedError
@@ -40,6 +40,9 @@ def setup(seed: int = 1002, *, deterministic: bool = False, data_dir: str | None
         show_problems_briefly(shell)
         # papermill only logs a -p NAME that the parameters cell lacks: refuse it here
         check_injected_parameters(list(shell.user_ns.get("In", [])))
+    seed = check_value("rand_seed", seed)  # before it reaches the generators, as in 03's config
+    if data_dir is not None:
+        data_dir = check_value("data_dir", data_dir)
     seed_everything(seed, deterministic)
     chosen = pick_device(device)
     line = f"device: {device_name(chosen)}"

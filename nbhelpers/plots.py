@@ -15,7 +15,12 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .errors import ExplainedError
 from .runtime import PROJECT_ROOT
+
+
+class FiguresError(ExplainedError, OSError):
+    """The figures' folder cannot be written."""
 
 MISTAKE, CORRECT = "tab:red", "tab:green"
 BRANCH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -44,8 +49,12 @@ def save(fig: Figure, name: str, *folders: str | Path | None) -> None:
             continue
         folder = Path(folder)
         folder = folder if folder.is_absolute() else PROJECT_ROOT / folder
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+        except OSError as exc:  # a file of that name, a symlink loop, a read-only folder
+            raise FiguresError(f"figures_dir={str(folder)!r} cannot hold figures ({exc.strerror or exc}): "
+                               "choose another folder (`-p figures_dir PATH`).") from None
 
 
 def _as_hwc(image: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ExplainedError
+
 # The checkout this package was installed from (an editable install, as the
 # README sets up). Installed elsewhere, paths fall back to the working folder.
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -44,12 +46,32 @@ def pick_device(preferred: str | None = None) -> torch.device:
     """
     name = preferred or os.environ.get("NBHELPERS_DEVICE")
     if name:
-        return torch.device(name)
+        return _available(name, "device" if preferred else "NBHELPERS_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+class DeviceError(ExplainedError, RuntimeError):
+    """The device asked for is not a device, or not on this machine."""
+
+
+def _available(name: str, source: str) -> torch.device:
+    """torch.device(name), if this machine has it; DeviceError saying what it has otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"{source}={name!r} is not a device: use cuda, cuda:N, mps or cpu.") from None
+    here = {"cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+            "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()}
+    if not here.get(device.type, True):
+        what = {"cuda": f"no CUDA device{' of that number' if torch.cuda.is_available() else ''}",
+                "mps": "no Apple MPS device"}[device.type]
+        raise DeviceError(f"{source}={name!r}, but this machine has {what} (torch {torch.__version__}). "
+                          f"Unset {source} to let the series pick the fastest device here, or set it to cpu.")
+    return device
 
 
 def _cpuinfo(*keys: str) -> str:
@@ -90,6 +112,18 @@ def cpu_has_fast_bf16() -> bool:
     """
     flags = cpu_flags()
     return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")
+
+
+def total_memory(device: torch.device) -> int | None:
+    """Bytes of memory the device has in all (the machine's RAM for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not on every platform
+            return None
+    return None
 
 
 def device_name(device: torch.device) -> str:

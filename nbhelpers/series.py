@@ -26,6 +26,7 @@ import papermill
 import torch
 
 from .data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
+from .runs import CHECKPOINT, is_finished
 from .runtime import PROJECT_ROOT, RUNS_DIR
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -80,17 +81,37 @@ def demo_data_dir(scratch: Path) -> str:
         return str(scratch)
 
 
+def make_room_for_demo(base: Path) -> str:
+    """Before `make demo`: "resume" an interrupted demo in `base`, or move a finished one aside ("new").
+
+    Nothing of an earlier demo is deleted: an interrupted run goes on from its last
+    epoch; a finished (or failed before its first epoch) series moves to <base>-<date-time>.
+    """
+    run_dir = base / "run"
+    if (run_dir / CHECKPOINT).is_file() and not is_finished(run_dir):
+        print(f"{run_dir} was interrupted: resuming it from its last finished epoch.", flush=True)
+        return "resume"
+    if base.exists():
+        aside = base.with_name(f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        base.rename(aside)
+        print(f"The previous demo was moved to {aside}.", flush=True)
+    return "new"
+
+
 def run_series(size: str, name: str | None = None, prepare_only: Path | None = None) -> Path:
     name = name or ("demo" if size == "demo" else f"{size}-{time.strftime('%Y%m%d-%H%M%S')}")
     base = prepare_only or RUNS_DIR / name
     figures = (base / "figures") if prepare_only else \
         (PROJECT_ROOT / "figures" / ("" if size == "full" else size))
-    if size == "demo" and not prepare_only and name == "demo" and base.exists():
-        shutil.rmtree(base)  # a demo is cheap to redo: replace the last one
-    if not prepare_only and (base / "run").exists():
+    resume = False
+    if size == "demo" and not prepare_only and name == "demo":
+        resume = make_room_for_demo(base) == "resume"
+    if not prepare_only and not resume and (base / "run").exists():
         raise SystemExit(f"{base / 'run'} exists already: remove it, or pass --name.")
     data_dir = demo_data_dir(base / "synthetic-data") if size != "full" else ""
     parameters = series_parameters(size, base / "run", figures, data_dir)
+    if resume:
+        parameters["03_train"]["resume"] = True
     out_dir = base if prepare_only else base / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in parameters:
