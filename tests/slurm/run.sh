@@ -116,9 +116,15 @@ stop_pid_file() {  # the daemon whose pid the file holds: TERM, then KILL after 
     $sudo kill -KILL "$pid" 2>/dev/null
 }
 
-# Processes of this cluster's jobs carry its name in their environment.
+# Processes of this cluster's jobs carry its name in their environment (another
+# cluster on this machine, another run of this test, numbers its jobs the same way).
 cluster_processes() { grep -lsxz "SLURM_CLUSTER_NAME=$CLUSTER" /proc/[0-9]*/environ | cut -d/ -f3; }
-job_processes() { grep -lsxz "SLURM_ARRAY_JOB_ID=$1" /proc/[0-9]*/environ | cut -d/ -f3; }
+job_processes() {  # JOB
+    local pid
+    for pid in $(cluster_processes); do
+        grep -qsxz "SLURM_ARRAY_JOB_ID=$1" "/proc/$pid/environ" && echo "$pid"
+    done
+}
 
 stop_everything() {
     local status=$?
@@ -227,6 +233,12 @@ cancel_after_first_checkpoint() {  # JOB ENTRY_FOLDER [JOB ENTRY_FOLDER ...]
 
 epochs_in() { [ -f "$1/history.csv" ] && echo $(($(wc -l <"$1/history.csv") - 1)) || echo 0; }  # a header, then one line per epoch
 
+last_epoch() {  # "epoch N: train loss L, test accuracy A%" from a run folder's history.csv
+    awk -F, 'NR == 1 {for (i = 1; i <= NF; i++) col[$i] = i; next}
+             END {print "epoch " $col["epoch"] ": train loss " $col["train_loss"] ", test accuracy " $col["test_acc"] "%"}' \
+        "$1/history.csv" 2>/dev/null
+}
+
 output_of() { cat "$WORK"/out/"$1"-*.out 2>/dev/null; }
 
 # --------------------------------------------------------------------------
@@ -285,6 +297,9 @@ wait_for "$more"
 echo "cancelled after epoch $epochs_more, resumed on 2 CPUs: all done $(since "$resubmitted") s after the resubmissions"
 for job in "$same" "$more" "$reference"; do expect_completed "$job" "job $job"; done
 check "the cancelled runs, resumed" -- resumed "$ENTRY" $SIZE "$WORK/reference" "$WORK/same" "$WORK/more"
+echo "  uninterrupted:            $(last_epoch "$WORK/reference/$entry/run")"
+echo "  resumed on 1 CPU:         $(last_epoch "$WORK/same/$entry/run")"
+echo "  begun on 1, resumed on 2: $(last_epoch "$WORK/more/$entry/run")"
 
 # --------------------------------------------------------------------------
 # 5. The same entry submitted twice: one copy trains, the other leaves it alone
