@@ -11,7 +11,7 @@ NBVAL  := build/nbval
 
 .PHONY: demo test lab browser-test install lock clean
 
-# The main job: on a GPU the full series (60 epochs); without one, a quick demo.
+# The main job: on a GPU the full series (60 epochs); without one, the CPU demo (nbhelpers.sizes).
 demo: $(STAMP)
 	$(PY) -m nbhelpers.series
 
@@ -29,7 +29,7 @@ compare: $(STAMP)
 # Unit tests, then all four notebooks through nbval on reduced settings.
 test: $(STAMP)
 	rm -rf $(NBVAL)
-	$(PY) -m nbhelpers.series --quick --prepare-only $(NBVAL)
+	$(PY) -m nbhelpers.series --size tiny --prepare-only $(NBVAL)
 	$(PY) -m pytest tests $(NBVAL) --nbval-lax
 
 # JupyterLab on the project, opened on the series, with the kernel the tests use.

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.
     python3 benchmarks/optimizer_model.py --device cuda --width 1024 --repeats 10
     python3 benchmarks/data_pipeline.py --device cuda
 } 2>&1 | tee "$OUT/benchmarks.log"
-python3 -m nbhelpers.series --full --name reference 2>&1 | tee "$OUT/series.log"
+python3 -m nbhelpers.series --size full --name reference 2>&1 | tee "$OUT/series.log"
 python3 benchmarks/make_reference.py runs/reference benchmarks/results/train_step_cuda_w1024.json \
     | tee "$OUT/reference.json"
 tar czf "$OUT/reference-run.tgz" benchmarks/results figures/*.png runs/reference/notebooks \

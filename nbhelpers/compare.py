@@ -105,7 +105,7 @@ class RunSummary:
 
 
 # Parameters that say where or how a run was made, not what it computed: never a label.
-_NOT_LABELS = {"run_dir", "data_dir", "download", "resume", "progress", "compile"}
+_NOT_LABELS = {"run_dir", "data_dir", "download", "resume", "progress", "compile", "size"}
 
 
 def load_runs(folders: Sequence[str | Path]) -> list[RunSummary]:

@@ -17,6 +17,7 @@ import torch
 
 from .errors import ExplainedError
 from .runtime import cpu_has_fast_bf16
+from .sizes import SIZES, pick_size
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
@@ -30,6 +31,9 @@ class ConfigError(ExplainedError, ValueError):
 
 @dataclass
 class TrainConfig:
+    # How long it runs: a named size (nbhelpers.sizes) gives the five values below it;
+    # make_config(size="demo", num_epochs=3) takes the demo's values, then num_epochs=3.
+    size: str = "full"                # the size the run-length values came from: full, demo, small, tiny
     # The seed's recipe
     num_epochs: int = 60              # passes over the training set (1..1000)
     batch_size: int = 128             # images per gradient step (at least 2, for BatchNorm)
@@ -95,6 +99,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "test_subset": ("int", (0, None)), "val_size": ("int", (0, None)),
     "learning_rate": ("float", "positive"), "max_lr": ("float", "positive"),
     "weight_decay": ("float", "non-negative"),
+    "size": ("choice", (AUTO,) + tuple(SIZES)),
     "scheduler_step": ("choice", ("batch", "epoch")),
     "optimizer": ("choice", OPTIMIZERS),
     "precision": ("choice", (AUTO, "bf16", "fp32")),
@@ -192,13 +197,22 @@ def unknown_names(unknown: list[str], known: list[str]) -> str:
 
 
 def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
-    """A checked TrainConfig: `config` (or the defaults) with `overrides` applied."""
+    """A checked TrainConfig: `config` (or the defaults) with `overrides` applied.
+
+    A `size` among the overrides brings its five values (nbhelpers.sizes.SIZES)
+    in first, so the other overrides win over them; "auto" is full where a CUDA
+    GPU is, else demo.
+    """
     known = [f.name for f in fields(TrainConfig)]
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ConfigError(f"unknown training parameter(s): {unknown_names(unknown, known)}; "
                           f"known: {', '.join(sorted(known))}")
     base = config.to_dict() if config is not None else {}
+    if "size" in overrides:
+        size = pick_size(overrides["size"])
+        base.update(SIZES[size], size=size)
+        overrides = {k: v for k, v in overrides.items() if k != "size"}
     return TrainConfig(**{**base, **overrides})
 
 

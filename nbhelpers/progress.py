@@ -7,6 +7,8 @@ finished epoch; how that shows depends on where the code runs:
   after every epoch (skipping epochs only where drawing would cost more than
   DRAWING_SHARE of the time) and cleared when training ends;
 - "log": only the line per epoch, for papermill `--log-output` and CI logs;
+in "bar" and "log" modes, a line once the first steps are timed estimates the
+whole run (RunEstimate), and every epoch's line says about how long is left;
 - "none": nothing.
 """
 from __future__ import annotations
@@ -47,14 +49,74 @@ def progress_mode(requested: str) -> str:
     return "bar" if _widget_notebook() or sys.stderr.isatty() else "log"
 
 
-def epoch_line(row: dict[str, float], num_epochs: int) -> str:
+def epoch_line(row: dict[str, float], num_epochs: int, seconds_left: float | None = None) -> str:
     parts = [f"epoch {int(row['epoch']):>3}/{num_epochs}",
              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%"]
     if "val_acc" in row:
         parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%")
     parts += [f"test loss {row['test_loss']:.4f} acc {row['test_acc']:6.2f}%",
               f"lr {row['lr']:.5f}", f"{row['seconds']:.1f} s"]
+    if seconds_left:
+        parts.append(f"about {duration(seconds_left)} left")
     return " | ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """ "45 s", "4 min 30 s", "2 h 10 min", "21 days": as precise as a person reads it."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    return f"{seconds / 86400:.0f} days"
+
+
+# An estimate past this many seconds is said to be more than an afternoon, plainly.
+LONG_RUN = 3 * 3600
+
+
+class RunEstimate:
+    """Times the first training steps of a run and says, once, what the whole run will take.
+
+    The first step is left out of the timing (it allocates memory, and on a GPU
+    compiles the model); the steps after it are timed until five have passed or
+    ten seconds, whichever comes first, so even a step of minutes (the full
+    model on a CPU) gives an estimate after two steps. Evaluation is estimated
+    as forward passes over the images it measures: a third of a training
+    step's work per image.
+    """
+
+    def __init__(self, steps: int, epochs: int, batch_size: int, eval_images: int, where: str,
+                 sync=lambda: None):
+        self.steps, self.epochs, self.where, self.sync = steps, epochs, where, sync
+        self.eval_steps = epochs * eval_images / batch_size / 3
+        self.started = time.perf_counter()
+        self.taken, self.timed_from, self.said = 0, None, False
+
+    def step(self) -> str | None:
+        """Call after every training step; returns the estimate's line once, when measured."""
+        self.taken += 1
+        if self.said:
+            return None
+        if self.timed_from is None:  # the first step: not timed
+            self.sync()  # a GPU runs ahead of Python: wait for the step to be done
+            self.timed_from = time.perf_counter()
+            return None
+        timed = self.taken - 1
+        if timed < 5 and time.perf_counter() - self.timed_from < 10 and self.taken < self.steps:
+            return None
+        self.sync()
+        now = time.perf_counter()
+        per_step = (now - self.timed_from) / timed
+        self.said = True
+        total = now - self.started + per_step * (self.steps - self.taken + self.eval_steps)
+        line = (f"estimated {duration(total)} for {self.epochs} epoch{'s' * (self.epochs != 1)} "
+                f"({self.steps:,} steps of {1000 * per_step:,.0f} ms, and evaluation) on {self.where}")
+        if total > LONG_RUN:
+            line += (": more than a few hours. Stopping now loses nothing (-p resume True continues "
+                     "the run); a smaller size runs in minutes (-p size demo)")
+        return line
 
 
 def curves_png(history: list[dict[str, float]], num_epochs: int, dpi: int = 72) -> bytes:
@@ -115,9 +177,11 @@ class LiveCurves:
 class Progress:
     """The bar, the epoch lines and the live curves of one `fit` call."""
 
-    def __init__(self, requested: str, total_steps: int, num_epochs: int):
+    def __init__(self, requested: str, total_steps: int, num_epochs: int,
+                 estimate: RunEstimate | None = None):
         self.mode = progress_mode(requested)
-        self.num_epochs = num_epochs
+        self.num_epochs, self.estimate = num_epochs, estimate
+        self.epoch_seconds: list[float] = []  # of the epochs this call trained
         self.bar = tqdm(total=total_steps, desc="training", unit="step",
                         disable=(self.mode != "bar"), dynamic_ncols=True)
         self.curves = LiveCurves(num_epochs) if self.mode == "bar" and jupyter_shell() is not None else None
@@ -127,12 +191,22 @@ class Progress:
 
     def step(self) -> None:
         self.bar.update()
+        line = self.estimate.step() if self.estimate is not None else None
+        if line:
+            self.say(line)
+
+    def say(self, line: str) -> None:
+        """A line below the bar (in a notebook and a terminal) or in the log."""
+        if self.mode == "bar":
+            self.bar.write(line)
+        elif self.mode == "log":
+            print(line, flush=True)
 
     def end_epoch(self, history: list[dict[str, float]]) -> None:
         """After each epoch: its line (history[-1]) and the curves; `history` holds every epoch so far."""
-        if self.mode in ("bar", "log"):
-            line = epoch_line(history[-1], self.num_epochs)
-            (self.bar.write if self.mode == "bar" else print)(line)
+        self.epoch_seconds.append(history[-1]["seconds"])
+        left = (self.num_epochs - int(history[-1]["epoch"])) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        self.say(epoch_line(history[-1], self.num_epochs, left))
         if self.curves is not None:
             self.curves.update(history)
 

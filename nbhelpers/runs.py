@@ -56,7 +56,8 @@ CHECKPOINT_FORMAT = 3
 # Parameters that may differ between a run and its resumption: they change
 # where things are or how progress looks, not what is computed. (The data
 # folder may move; the data itself is checked by its fingerprint.)
-RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile"}
+# `size` only names where the run-length values came from; the values themselves are compared.
+RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile", "size"}
 # What a run resolved when it began and keeps when resumed elsewhere: each changes the numbers.
 KEPT_ON_RESUME = ("precision", "channels_last", "threads")
 

@@ -114,6 +114,14 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has finished what it was given (a GPU runs ahead of Python)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def total_memory(device: torch.device) -> int | None:
     """Bytes of memory the device has in all (the machine's RAM for the CPU); None where unknown."""
     if device.type == "cuda":

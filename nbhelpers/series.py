@@ -1,10 +1,12 @@
 """Run the whole notebook series with papermill: the main job, or the CPU demo.
 
-    python -m nbhelpers.series            # a GPU: the full run; no GPU: the demo
-    python -m nbhelpers.series --demo     # the CPU demo: all of CIFAR-10, a narrow model, minutes
-    python -m nbhelpers.series --full     # the seed's settings (60 epochs)
-    python -m nbhelpers.series --quick --prepare-only build/nbval
-                                          # parameterized copies at the tests' size, for nbval
+    python -m nbhelpers.series                 # a GPU: the full run; no GPU: the demo
+    python -m nbhelpers.series --size demo     # the CPU demo: all of CIFAR-10, a narrow model, minutes
+    python -m nbhelpers.series --size full     # the seed's settings (60 epochs)
+    python -m nbhelpers.series --size tiny --prepare-only build/nbval
+                                               # parameterized copies at the tests' size, for nbval
+
+The sizes are nbhelpers.sizes'.
 
 Executed notebooks land in runs/<name>/notebooks/, the trained run in
 runs/<name>/run/, and the figures in figures/ (the demo's in figures/demo/).
@@ -16,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import papermill
-import torch
 
 from .data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
 from .runs import CHECKPOINT, is_finished
 from .runtime import PROJECT_ROOT, RUNS_DIR
+from .sizes import SIZES, WHAT, pick_size
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # The series proper: data, model, training, evaluation of one run.
@@ -37,32 +38,22 @@ NOTEBOOKS = ("01_data_exploration", "02_model", "03_train", "04_evaluate")
 COMPARE = "05_compare"
 ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE,)
 
-# The CPU demo: the whole training set and test set, a 32-channel model, and as
-# many epochs as two CPU cores train in about three minutes (benchmarks/RESULTS.md).
-DEMO_TRAINING = dict(num_epochs=5, backbone_out_channels=32, hidden_size=64)
-# The tests' size, for nbval: every cell runs, in seconds rather than minutes.
-QUICK_TRAINING = dict(num_epochs=2, backbone_out_channels=16, hidden_size=32,
-                      train_subset=2000, test_subset=1000)
-SIZES = {"full": {}, "demo": DEMO_TRAINING, "quick": QUICK_TRAINING}
-
-
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
-    """The papermill parameters of each notebook, for a size of SIZES.
+    """The papermill parameters of each notebook, for a named size (nbhelpers.sizes).
 
     At the tests' size, 05 is included and compares a sweep of two tiny runs
     of its own (per-batch and per-epoch Ranger) beside the run folder.
     """
     common = {"figures_dir": str(figures_dir), "data_dir": data_dir}
-    narrow = {"backbone_out_channels": SIZES[size]["backbone_out_channels"]} if size != "full" else {}
     parameters = {
         "01_data_exploration": dict(common),
-        "02_model": dict(common, **narrow),
-        "03_train": dict(common, run_dir=str(run_dir), **SIZES[size]),
+        "02_model": dict(common, size=size),
+        "03_train": dict(common, size=size, run_dir=str(run_dir)),
         # On real data the CPU demo ablates on 2,000 of the 10,000 test images (the stand-in has 1,000)
         "04_evaluate": dict(common, run_dir=str(run_dir),
                             **({"ablation_images": 2000} if size == "demo" and not data_dir else {})),
     }
-    if size == "quick":
+    if size == "tiny":
         parameters[COMPARE] = dict(common, size="tiny", only="ranger-batch,ranger-epoch",
                                    sweep_dir=str(run_dir.parent / "sweep"))
     return parameters
@@ -129,10 +120,9 @@ def run_series(size: str, name: str | None = None, prepare_only: Path | None = N
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--demo", action="store_true", help="the CPU demo (the default without a GPU)")
-    mode.add_argument("--full", action="store_true", help="the seed's settings (the default with a GPU)")
-    mode.add_argument("--quick", action="store_true", help="the tests' size: seconds per notebook")
+    parser.add_argument("--size", default="auto", choices=("auto",) + tuple(SIZES),
+                        help="auto (the default): full on a CUDA GPU, demo elsewhere; "
+                             + "; ".join(f"{name}: {WHAT[name]}" for name in SIZES))
     parser.add_argument("--name", help="folder name under runs/ (default: demo, or the date and time)")
     parser.add_argument("--prepare-only", type=Path, metavar="DIR",
                         help="only write parameterized notebooks to DIR (for nbval)")
@@ -140,11 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     # papermill logs the notebooks' output (one line per epoch) at INFO.
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     logging.getLogger("papermill").setLevel(logging.INFO)
-    if args.quick or args.demo or args.full:
-        size = "quick" if args.quick else "demo" if args.demo else "full"
-    else:
-        size = "full" if torch.cuda.is_available() else "demo"
-    run_series(size, args.name, args.prepare_only)
+    run_series(pick_size(args.size), args.name, args.prepare_only)
 
 
 if __name__ == "__main__":

@@ -40,22 +40,10 @@ from .locking import FolderInUse, folder_lock, holder_of, is_locked
 from .runs import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
 from .runtime import PROJECT_ROOT, RUNS_DIR
+from .sizes import SIZES, pick_size
 from .series import NOTEBOOKS_DIR
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
-
-# The sizes a sweep can run at: the seed's settings; a CPU demo, smaller than the
-# series' since it trains 8 runs (a narrow model, 8,000 training and 1,000 test
-# images, 3 epochs: about half a minute per run on two idle CPU cores, several
-# minutes on busy ones); and the tests' size.
-SIZES: dict[str, dict[str, Any]] = {
-    "full": {},
-    "demo": dict(num_epochs=3, backbone_out_channels=32, hidden_size=64,
-                 train_subset=8000, test_subset=1000),
-    "tiny": dict(num_epochs=2, backbone_out_channels=16, hidden_size=32,
-                 train_subset=1000, test_subset=500),
-}
-
 
 def grid(**choices: tuple) -> dict[str, dict[str, Any]]:
     """Every combination of the choices, named by its values: grid(a=(1, 2), b=("x",)) -> "1-x", "2-x"."""
@@ -80,7 +68,7 @@ class SweepError(ExplainedError, RuntimeError):
 # A run's name becomes its folder's name: one plain path component, never "..", "/x" or "a/b".
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 # The sweep itself says where the data and the runs are and how they report: a run may not.
-SET_BY_THE_SWEEP = {"data_dir", "run_dir", "resume", "progress", "download"}
+SET_BY_THE_SWEEP = {"data_dir", "run_dir", "resume", "progress", "download", "size"}
 SWEEPABLE = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_THE_SWEEP]
 
 
@@ -149,12 +137,14 @@ class Sweep:
 
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
                data_dir: str = "", folder: str | Path | None = None,
-               only: list[str] | tuple[str, ...] = ()) -> Sweep:
+               only: list[str] | tuple[str, ...] = (), seeds: int = 1) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
-    Every run gets the `size` settings ("auto": full on a GPU, the demo's on a CPU), the same
-    data and seed, and its own folder under `folder` (default runs/<sweep>-<size>/).
-    `only` keeps the named runs (a list, or names separated by commas).
+    Every run gets the named `size` (nbhelpers.sizes; "auto": full on a GPU, small
+    on a CPU), the same data and seed, and its own folder under `folder` (default
+    runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
+    by commas). `seeds=N` repeats every run with N seeds (rand_seed, rand_seed + 1, ...):
+    the first keeps the run's name, the others are named <run>-seed2, <run>-seed3, ...
     """
     name, choices = _named_runs(runs)
     size = _pick_size(size)
@@ -169,12 +159,20 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
     for run_name, parameters in choices.items():
         if only and run_name not in only:
             continue
-        entry_folder = root / run_name
-        make_config(**{**SIZES[size], **parameters})  # a bad value stops here, not mid-sweep
-        entries.append(Entry(run_name, {**SIZES[size], **parameters, "data_dir": data_dir,
-                                        "run_dir": _relative(entry_folder / "run"),
-                                        "figures_dir": "", "progress": "log"}, entry_folder))
+        first_seed = make_config(size=size, **parameters).rand_seed  # a bad value stops here, not mid-sweep
+        for k in range(_check_seeds(seeds)):
+            seeded = run_name if k == 0 else f"{run_name}-seed{k + 1}"
+            entry_folder = root / seeded
+            entries.append(Entry(seeded, {"size": size, **parameters, "rand_seed": first_seed + k,
+                                          "data_dir": data_dir, "run_dir": _relative(entry_folder / "run"),
+                                          "figures_dir": "", "progress": "log"}, entry_folder))
     return Sweep(f"{name}-{size}", entries)
+
+
+def _check_seeds(seeds: Any) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 100:
+        raise SweepError(f"seeds={seeds!r} is not allowed: seeds must be an integer from 1 to 100")
+    return seeds
 
 
 def run_entry(entry: Entry, env: dict[str, str] | None = None, echo=print) -> str:
@@ -317,17 +315,15 @@ def _checked_runs(source: str, choices: Any) -> dict[str, dict[str, Any]]:
             raise SweepError(f"{name}: {unknown_names(refused, SWEEPABLE)} in {source}: not a "
                              "parameter a sweep may set. A run sets training parameters only; "
                              f"the sweep sets {', '.join(sorted(SET_BY_THE_SWEEP))} itself "
-                             "(--data-dir, --folder).")
+                             "(--data-dir, --folder, --size).")
     return choices
 
 
 def _pick_size(size: str) -> str:
-    if size == "auto":
-        import torch  # only here: listing a sweep should not need to start CUDA
-        return "full" if torch.cuda.is_available() else "demo"
-    if size not in SIZES:
-        raise SweepError(f"size={size!r} is not allowed: size must be 'auto' or one of {', '.join(SIZES)}")
-    return size
+    try:
+        return pick_size(size, sweep=True)
+    except ExplainedError as error:  # one message, in the sweep's words
+        raise SweepError(str(error)) from None
 
 
 def _clear_a_start_without_epochs(run_dir: Path) -> None:
@@ -394,8 +390,10 @@ def main(argv: list[str] | None = None) -> None:
                                                                   for name, runs in SWEEPS.items()))
     parser.add_argument("sweep", nargs="?", default="optimizers",
                         help="a sweep's name, or a JSON file {run name: {parameter: value}}")
-    parser.add_argument("--size", default="auto", help="auto (full on a GPU, demo on a CPU), "
-                        + ", ".join(SIZES))
+    parser.add_argument("--size", default="auto", help="auto (full on a GPU, small on a CPU), "
+                        + ", ".join(SIZES) + " (nbhelpers.sizes)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat every run with this many seeds (rand_seed, rand_seed + 1, ...)")
     parser.add_argument("--data-dir", default="", help="CIFAR-10's folder (default: as 03 finds it)")
     parser.add_argument("--folder", help="where the runs go (default: runs/<sweep>-<size>)")
     action = parser.add_mutually_exclusive_group()
@@ -409,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     # is stopped with it (not orphaned) and resumes from its checkpoint next time.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder)
+        sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder, seeds=args.seeds)
         if args.list:
             for index, entry in enumerate(sweep.entries):
                 print(f"{index}  {entry.name:<28} {entry.state():<12} {_relative(entry.folder)}")

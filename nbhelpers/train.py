@@ -22,13 +22,13 @@ from .data import CifarLoader, CIFAR10Data, Splits, load_cifar10, prepare_splits
 from .errors import ExplainedError
 from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
 from .model import Model
-from .progress import Progress
+from .progress import Progress, RunEstimate
 from .ranger import Ranger
 from .runs import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
                    set_rng_state,
                    environment, restore_missing_files, resume_point, save_checkpoint, write_config,
                    write_history, write_weights, writing)
-from .runtime import pick_device, seed_everything, total_memory
+from .runtime import device_name, pick_device, seed_everything, synchronize, total_memory
 
 
 class TrainingDiverged(ExplainedError, FloatingPointError):
@@ -313,7 +313,11 @@ def train_epochs(run: Run, epochs: range, step_model, train_loader: CifarLoader,
                  scheduler, eval_loaders: dict[str, CifarLoader]) -> None:
     """Train `epochs`; after each: evaluate, check, checkpoint, append to history, report."""
     config, chosen, device = run.config, run.info["resolved"], run.device
-    progress = Progress(config.progress, len(epochs) * len(train_loader), config.num_epochs)
+    steps = len(epochs) * len(train_loader)
+    estimate = RunEstimate(steps, len(epochs), config.batch_size,
+                           sum(len(loader.labels) for loader in eval_loaders.values()),
+                           device_name(device), lambda: synchronize(device))
+    progress = Progress(config.progress, steps, config.num_epochs, estimate)
 
     def on_step(lr: float) -> None:
         run.step_lrs.append(lr)

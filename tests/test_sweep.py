@@ -50,9 +50,13 @@ def test_a_bad_value_or_name_stops_the_sweep_before_anything_runs(tmp_path):
         S.make_sweep("optimizers", size="tiny", only=["sgd-daily"])
 
 
+# The killed run is longer: its orphaned kernel trains on for a second or so after the kill.
+KILLED = dict(SMALL, optimizer="sgd", num_epochs=12)
+
+
 def _start_killable(entry_index, root, data_dir):
-    """`python -m nbhelpers.sweep` on one entry, in its own process group (papermill and kernel too)."""
-    runs = {"finished": SMALL, "killed": dict(SMALL, optimizer="sgd")}
+    """`python -m nbhelpers.sweep` on one entry, in its own process group (papermill, not its kernel)."""
+    runs = {"finished": SMALL, "killed": KILLED}
     spec = root / "runs.json"
     spec.write_text(json.dumps(runs))
     command = [sys.executable, "-m", "nbhelpers.sweep", str(spec), "--size", "tiny",
@@ -62,13 +66,13 @@ def _start_killable(entry_index, root, data_dir):
 
 
 def test_the_sweep_skips_a_finished_run_and_resumes_a_killed_one(synthetic_root, tmp_path):
-    sweep = _sweep(tmp_path, synthetic_root, finished=SMALL, killed=dict(SMALL, optimizer="sgd"))
+    sweep = _sweep(tmp_path, synthetic_root, finished=SMALL, killed=KILLED)
     finished, killed = sweep.entries
     assert S.run_entry(finished, echo=lambda _: None) == "ran"
     assert finished.state() == "finished"
     notebook_written = finished.notebook.stat().st_mtime_ns
 
-    # Kill the second run (papermill, its kernel and all) once its first epoch is saved.
+    # Kill the second run (the sweep and papermill; its kernel then exits) once its first epoch is saved.
     process = _start_killable(1, tmp_path, synthetic_root)
     deadline = time.monotonic() + 300
     while not (killed.run_dir / "checkpoint.pt").exists() and process.poll() is None:
@@ -84,14 +88,14 @@ def test_the_sweep_skips_a_finished_run_and_resumes_a_killed_one(synthetic_root,
         time.sleep(0.2)
     assert killed.state() == "interrupted"
     epochs_before_kill = read_history(killed.run_dir)
-    assert 1 <= len(epochs_before_kill) < SMALL["num_epochs"]
+    assert 1 <= len(epochs_before_kill) < KILLED["num_epochs"]
 
     said = []
     assert S.run_sweep(sweep, echo=said.append) == {"finished": "skipped", "killed": "resumed"}
     assert finished.notebook.stat().st_mtime_ns == notebook_written  # not run again
     assert said[0] == "finished: finished already, skipped" and said[1].startswith("killed: resuming")
     history = read_history(killed.run_dir)
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in history] == list(range(1, KILLED["num_epochs"] + 1))
     assert history[:len(epochs_before_kill)] == epochs_before_kill  # continued, not started over
     assert "-p resume True" in killed.log.read_text()
     assert killed.state() == "finished"
@@ -100,7 +104,7 @@ def test_the_sweep_skips_a_finished_run_and_resumes_a_killed_one(synthetic_root,
 def test_a_finished_folder_with_other_settings_is_refused_not_skipped(synthetic_root, tmp_path):
     entry = _sweep(tmp_path, synthetic_root, run=SMALL).entries[0]
     entry.run_dir.mkdir(parents=True)
-    saved = make_config(**dict(S.SIZES["tiny"], **SMALL), data_dir="elsewhere").to_dict()
+    saved = make_config(size="tiny", **SMALL, data_dir="elsewhere").to_dict()
     (entry.run_dir / "config.json").write_text(json.dumps({"config": saved}))
     entry.check_matches_its_folder()  # where the data lies does not matter
     (entry.run_dir / "config.json").write_text(json.dumps({"config": dict(saved, num_epochs=60)}))

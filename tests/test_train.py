@@ -177,7 +177,34 @@ def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, c
           **dict(SMALL, progress="log"))
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("epoch   2/2 | train loss") and err == ""
+    assert len(lines) == 3 and err == ""
+    assert lines[0].startswith("estimated ") and "for 2 epochs (20 steps of" in lines[0]
+    assert lines[1].startswith("epoch   1/2 | train loss") and lines[1].endswith(" left")
+    assert lines[2].startswith("epoch   2/2 | train loss") and not lines[2].endswith(" left")
+
+
+def test_the_estimate_times_steps_after_the_first_and_adds_evaluation(monkeypatch):
+    from nbhelpers import progress as P
+    clock = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0, 105.0])
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
+    # A first step of 100 s, then steps of 1 s: after 5 of them, 105 s have passed and 4 steps
+    # are left, plus evaluation: 2 epochs x 300 images / batches of 100 / 3 = 2 steps' worth.
+    estimate = P.RunEstimate(steps=10, epochs=2, batch_size=100, eval_images=300, where="here")
+    lines = [estimate.step() for _ in range(6)]
+    assert lines[:5] == [None] * 5 and estimate.step() is None  # said once only
+    assert lines[5] == "estimated 1 min 51 s for 2 epochs (10 steps of 1,000 ms, and evaluation) on here"
+    assert P.duration(5 * 86400) == "5 days" and P.duration(3700) == "1 h 1 min"
+
+
+def test_an_estimate_of_many_hours_says_so_and_how_to_stop(monkeypatch):
+    from nbhelpers import progress as P
+    clock = iter([0.0, 60.0, 120.0, 120.0])
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock))
+    estimate = P.RunEstimate(steps=23_460, epochs=60, batch_size=128, eval_images=10_000, where="cpu")
+    assert estimate.step() is None
+    line = estimate.step()  # a minute per step: measured after one timed step
+    assert line.startswith("estimated 17 days for 60 epochs") and "more than a few hours" in line
+    assert "-p resume True" in line and "-p size demo" in line
 
 
 def test_the_training_loop_reads_nothing_back_from_the_device_per_step(synthetic_data, monkeypatch):
