@@ -43,6 +43,12 @@ lab: $(STAMP)
 browser-test: $(BROWSER_STAMP)
 	$(PY) tests/browser/lab_check.py
 
+# The README's job-array script (slurm/sweep-cpu.sbatch) on a single-node Slurm started on this
+# machine (tests/slurm/run.sh: installs Debian's slurm and munge if missing, as root or with sudo;
+# stops every daemon it started). A few minutes.
+slurm-test: $(STAMP)
+	bash tests/slurm/run.sh
+
 install: $(STAMP)
 
 # Playwright, for the browser test; it drives the system's Chromium and downloads no browser.
