@@ -29,7 +29,6 @@ from .config import TrainConfig
 from .data import Split
 from .evaluation import accuracy, infer
 from .model import MixingOverride, Model
-from .train import build_model
 
 
 @contextlib.contextmanager
@@ -123,6 +122,8 @@ def initial_model(config: TrainConfig, num_classes: int = 10) -> Model:
     after the same seed gives the very same initial weights. The notebook's own
     random state is left as it was.
     """
+    from .train import build_model  # train records branch weights with this module
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.rand_seed)
         return build_model(config, num_classes)

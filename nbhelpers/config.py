@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ExplainedError
+from .model import MIXINGS
 from .runtime import cpu_has_fast_bf16
 from .sizes import SIZES, pick_size
 
@@ -43,6 +44,7 @@ class TrainConfig:
     optimizer: str = "ranger"         # the seed's Ranger, a part of it, or a baseline (OPTIMIZERS)
     num_blocks: int = 3               # blocks in the backbone (1..5: each halves the 32x32 image)
     num_conv_layer: int = 3           # parallel conv branches per block
+    mixing: str = "seed"              # how a block weighs its branches: seed, softmax, sigmoid, equal (model.MIXINGS)
     backbone_out_channels: int = 1024 # channels of every branch
     hidden_size: int = 512            # width of the classifier's hidden layers
     rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order (0..2**32-1)
@@ -102,6 +104,7 @@ _RULES: dict[str, tuple[str, Any]] = {
     "size": ("choice", (AUTO,) + tuple(SIZES)),
     "scheduler_step": ("choice", ("batch", "epoch")),
     "optimizer": ("choice", OPTIMIZERS),
+    "mixing": ("choice", tuple(MIXINGS)),
     "precision": ("choice", (AUTO, "bf16", "fp32")),
     "progress": ("choice", (AUTO, "bar", "log", "none")),
     "compile": ("bool_or_auto", None), "channels_last": ("bool_or_auto", None),

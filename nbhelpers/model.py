@@ -43,6 +43,15 @@ def conv_branch(in_channels: int, out_channels: int) -> nn.Sequential:
 
 MixingOverride = Callable[[torch.Tensor], torch.Tensor]
 
+# How a block turns the linear layer's scores s = Linear(mean of x) into branch weights a.
+# "seed" is the seed's own model; the others are what notebook 06 compares it with.
+MIXINGS = {
+    "seed": "a = LeakyReLU(s): unnormalized; a branch whose score is negative is all but off",
+    "softmax": "a = softmax(s): the weights of a block's branches sum to one",
+    "sigmoid": "a = sigmoid(s): each branch gated between 0 and 1, independently",
+    "equal": "a = 1 / branches for every image: no per-image weights (no linear layer)",
+}
+
 
 class BasicBlock(nn.Module):
     """`num_conv_layer` conv branches on one input, mixed by per-sample weights.
@@ -57,21 +66,33 @@ class BasicBlock(nn.Module):
     branch (its weight set to 0).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_conv_layer: int):
+    def __init__(self, in_channels: int, out_channels: int, num_conv_layer: int, mixing: str = "seed"):
         super().__init__()
-        self.linear = nn.Linear(in_channels, num_conv_layer)
+        if mixing not in MIXINGS:
+            raise ValueError(f"BasicBlock: mixing must be one of {', '.join(MIXINGS)}, not {mixing!r}")
+        self.mixing = mixing
+        # "equal" mixes with fixed weights: it has nothing to learn, so no linear layer.
+        self.linear = nn.Linear(in_channels, num_conv_layer) if mixing != "equal" else None
         self.convs = nn.ModuleList(conv_branch(in_channels, out_channels)
                                    for _ in range(num_conv_layer))
         self.mixing_override: MixingOverride | None = None
 
     def branch_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """a = LeakyReLU(Linear(spatial mean of x)): one weight per image and branch.
+        """One weight per image and branch, (B, branches), from the spatial mean of x.
 
-        LeakyReLU keeps positive values and multiplies negative ones by 0.01, so
-        the weights are not normalized (no softmax: they need not sum to 1) and
-        can be slightly negative.
+        The seed's: a = LeakyReLU(Linear(mean)). LeakyReLU keeps positive values and
+        multiplies negative ones by 0.01, so the weights are not normalized (no
+        softmax: they need not sum to 1) and can be slightly negative. The other
+        mixings (MIXINGS) normalize the same scores, or drop them.
         """
-        return F.leaky_relu(self.linear(x.mean(dim=(2, 3))))              # (B, branches)
+        if self.linear is None:
+            return x.new_full((x.shape[0], len(self.convs)), 1 / len(self.convs))
+        scores = self.linear(x.mean(dim=(2, 3)))
+        if self.mixing == "softmax":
+            return scores.softmax(dim=1)
+        if self.mixing == "sigmoid":
+            return torch.sigmoid(scores)
+        return F.leaky_relu(scores)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.branch_weights(x)
@@ -87,10 +108,11 @@ class BasicBlock(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, num_blocks: int, in_channels: int, out_channels: int, num_conv_layer: int):
+    def __init__(self, num_blocks: int, in_channels: int, out_channels: int, num_conv_layer: int,
+                 mixing: str = "seed"):
         super().__init__()
         self.blocks = nn.ModuleList(
-            BasicBlock(in_channels if i == 0 else out_channels, out_channels, num_conv_layer)
+            BasicBlock(in_channels if i == 0 else out_channels, out_channels, num_conv_layer, mixing)
             for i in range(num_blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +143,7 @@ class Model(nn.Module):
 
     def __init__(self, num_blocks: int = 3, input_channels: int = 3,
                  backbone_out_channels: int = 1024, num_conv_layer: int = 3,
-                 hidden_size: int = 512, num_classes: int = 10):
+                 hidden_size: int = 512, num_classes: int = 10, mixing: str = "seed"):
         super().__init__()
         for name, value in dict(num_blocks=num_blocks, input_channels=input_channels,
                                 backbone_out_channels=backbone_out_channels,
@@ -132,8 +154,9 @@ class Model(nn.Module):
         self.sizes = dict(num_blocks=num_blocks, input_channels=input_channels,
                           backbone_out_channels=backbone_out_channels,
                           num_conv_layer=num_conv_layer, hidden_size=hidden_size,
-                          num_classes=num_classes)
-        self.backbone = Backbone(num_blocks, input_channels, backbone_out_channels, num_conv_layer)
+                          num_classes=num_classes, mixing=mixing)
+        self.backbone = Backbone(num_blocks, input_channels, backbone_out_channels, num_conv_layer,
+                                 mixing)
         self.classifier = Classifier(backbone_out_channels, hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,9 @@ A run folder holds everything a run produces:
     config.json     the resolved configuration, versions, device, the data it trained on,
                     and (once finished) the sha256 of model.pt
     history.csv     one row per epoch: losses, accuracies, learning rate, seconds
+    steps.csv       a row every few steps (at least 50 per epoch): the training loss over
+                    those steps, the learning rate and beta1
+    branch_weights.csv  each block's mean branch weights on test images, from epoch 0 (untrained) on
     checkpoint.pt   the state after the last finished epoch; resume=True continues from it
     model.pt        the final weights (the last epoch's, not the best test epoch's)
     .lock           the lock of the process writing the folder (nbhelpers.locking)
@@ -35,6 +38,7 @@ import pickle
 import random
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,9 +51,13 @@ import torch
 from .config import ConfigError, TrainConfig, make_config
 from .errors import ExplainedError
 from .locking import LOCK, check_not_in_use, folder_lock
-from .runtime import RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, pick_device
+from .runtime import PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, pick_device
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
+STEPS, BRANCH_WEIGHTS = "steps.csv", "branch_weights.csv"
+# The tables a run keeps, by the Run attribute that holds each: rewritten after every
+# epoch, and kept in the checkpoint too, so a resumed run's tables equal an uninterrupted one's.
+TABLES = {"history": HISTORY, "steps": STEPS, "branch_weights": BRANCH_WEIGHTS}
 # 2: the checkpoint also records the data it was trained on; 3: also what the run
 # resolved ("resolved": precision, memory layout, threads) and config.json's contents.
 CHECKPOINT_FORMAT = 3
@@ -82,6 +90,8 @@ class Run:
     classes: tuple[str, ...]
     step_lrs: list[float] = field(default_factory=list)  # lr of each step taken in this call
     info: dict[str, Any] = field(default_factory=dict)     # config.json's contents
+    steps: list[dict[str, float]] = field(default_factory=list)           # steps.csv
+    branch_weights: list[dict[str, float]] = field(default_factory=list)  # branch_weights.csv
 
     @property
     def finished(self) -> bool:
@@ -249,26 +259,39 @@ def _why_write_failed(exc: Exception, folder: Path) -> tuple[str, str]:
     return reason, "Fix that"
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
+def write_table(path: Path, rows: list[dict]) -> None:
+    """Rows of numbers as a CSV file, its columns those of the first row (written atomically)."""
     def write(fh):
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
         fh.write(text.getvalue().encode())
-    atomic_write(run_dir / HISTORY, write)
+    atomic_write(path, write)
 
 
-def read_history(run_dir: str | Path) -> list[dict[str, float]]:
-    """history.csv as one dict of numbers per epoch (OSError if it is missing)."""
-    path = Path(run_dir) / HISTORY
+def read_table(path: Path) -> list[dict[str, float]]:
+    """A CSV file of numbers as one dict per row (OSError if it is missing)."""
     with open(path, newline="") as fh:
         try:
             return [{k: float(v) if v != "" else float("nan") for k, v in row.items()}
                     for row in csv.DictReader(fh)]
         except (TypeError, ValueError, csv.Error) as exc:  # a hand-edited or truncated file
             raise RunFolderError(f"{path} is damaged ({exc}). Resuming the run rewrites it from "
-                                 f"its checkpoint: `{resume_command(Path(run_dir))}`.") from None
+                                 f"its checkpoint: `{resume_command(path.parent)}`.") from None
+
+
+def write_tables(run: Run) -> None:
+    """Every table of the run (TABLES) that has rows, into its folder."""
+    for attribute, name in TABLES.items():
+        rows = getattr(run, attribute)
+        if rows:
+            write_table(run.run_dir / name, rows)
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """history.csv as one dict of numbers per epoch (OSError if it is missing)."""
+    return read_table(Path(run_dir) / HISTORY)
 
 
 def file_sha256(path: Path) -> str:
@@ -290,11 +313,28 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Versions and the machine, for config.json: what a reader needs to compare runs."""
     info = {"torch": str(torch.__version__), "cuda": torch.version.cuda,  # plain str: checkpoints load safely
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-            "device": device_name(device), "python": sys.version.split()[0]}
+            "device": device_name(device), "python": sys.version.split()[0],
+            "commit": project_commit()}
     if device.type == "cpu":
         info.update(cpu=cpu_model(), cpu_fast_bf16=cpu_has_fast_bf16(),
                     threads=torch.get_num_threads())
     return info
+
+
+def project_commit() -> str | None:
+    """The git commit of the project's checkout (with "+changes" if files differ from it), or None.
+
+    With it, `git checkout COMMIT && make install` recreates the run's code and,
+    through requirements.lock, its packages (README: Exact versions).
+    """
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        return None
 
 
 def write_config(run_dir: Path, info: dict[str, Any]) -> None:
@@ -333,14 +373,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, info: dict[str, Any],
-                    epoch: int, history: list[dict]) -> None:
-    """The state after `epoch`, with what resuming needs to check and keep (`info`: config.json's)."""
+def save_checkpoint(run: Run, optimizer, scheduler, epoch: int) -> None:
+    """The state after `epoch`, with its tables and what resuming needs to check and keep."""
+    info = run.info
     state = {"format": CHECKPOINT_FORMAT, "config": info["config"], "data": info["data"],
-             "resolved": info["resolved"], "info": info, "epoch": epoch, "history": history,
-             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "resolved": info["resolved"], "info": info, "epoch": epoch,
+             **{attribute: getattr(run, attribute) for attribute in TABLES},
+             "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "rng": _rng_state()}
-    atomic_write(run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
+    atomic_write(run.run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
 
 
 def load_safely(path: Path, device: torch.device | str) -> Any:
@@ -440,7 +481,7 @@ class ResumePoint:
     """Where a resumed run continues: the state after its last finished epoch, as checked."""
 
     epoch: int
-    history: list[dict]
+    tables: dict[str, list[dict]]     # by Run attribute (TABLES): "history", "steps", "branch_weights"
     states: dict[str, Any]            # "model", "optimizer", "scheduler", "rng"
     resolved: dict[str, Any] | None   # what the run resolved when it began (format 3 on)
     info: dict[str, Any] | None       # its config.json (format 3 on)
@@ -470,7 +511,7 @@ def resume_point(run_dir: Path, config: TrainConfig, data: dict[str, Any],
     saved = load_checkpoint(run_dir, device)
     check_resumable(saved.get("config", {}), config, run_dir / CHECKPOINT)
     check_same_data(saved.get("data"), data, run_dir / CHECKPOINT)
-    return ResumePoint(int(saved["epoch"]), list(saved["history"]),
+    return ResumePoint(int(saved["epoch"]), {name: list(saved.get(name, [])) for name in TABLES},
                        {k: saved[k] for k in ("model", "optimizer", "scheduler", "rng")},
                        saved.get("resolved"), saved.get("info"))
 
@@ -481,15 +522,17 @@ def restore_missing_files(run_dir: Path, point: ResumePoint, info: dict[str, Any
 
     A finished run whose files are all there is refused: a resume never writes a finished run.
     """
-    missing = [name for name in (CONFIG, HISTORY) + ((WEIGHTS,) if finished else ())
+    tables = {name: point.tables[attribute] for attribute, name in TABLES.items() if point.tables[attribute]}
+    missing = [name for name in (CONFIG, *tables) + ((WEIGHTS,) if finished else ())
                if not (run_dir / name).is_file()]
     if finished and not missing:
         raise RunFolderError(f"{run_dir} is already finished: all {point.epoch} epochs are "
                              "trained and its files are complete, so there is nothing to continue "
                              "and nothing is written. Evaluate it with notebook 04 "
                              f"(`-p run_dir {shlex.quote(str(run_dir))}`), or start a new run.")
-    if HISTORY in missing and point.history:
-        write_history(run_dir, point.history)
+    for name, rows in tables.items():
+        if name in missing:
+            write_table(run_dir / name, rows)
     if WEIGHTS in missing:
         atomic_write(run_dir / WEIGHTS, lambda fh: torch.save(point.states["model"], fh))
         info["model_sha256"] = file_sha256(run_dir / WEIGHTS)
@@ -539,7 +582,9 @@ def load_run(run_dir: str | Path | None = None, device: torch.device | str | Non
                              f"({str(exc).splitlines()[0][:200]}): one of the two files was changed "
                              "or copied from another run. Evaluate another run (run_dir).") from None
     device = torch.device(device) if device is not None else pick_device()
-    run = Run(config, run_dir, model, history, device, classes, info=info)
+    optional = {attribute: read_table(run_dir / name) for attribute, name in TABLES.items()
+                if attribute != "history" and (run_dir / name).is_file()}
+    run = Run(config, run_dir, model, history, device, classes, info=info, **optional)
     if run.resolved["channels_last"]:  # the layout the run trained and evaluated with
         model = model.to(memory_format=torch.channels_last)
     run.model = model.to(device).eval()

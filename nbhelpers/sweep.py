@@ -58,6 +58,8 @@ SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
     "optimizers": grid(optimizer=("ranger", "adamw", "sgd", "radam"), scheduler_step=("batch", "epoch")),
     # Ranger against itself with one part switched off
     "parts": grid(optimizer=("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam")),
+    # The seed's branch mixing against normalized ones and none (notebook 06)
+    "mixing": grid(mixing=("seed", "softmax", "sigmoid", "equal")),
 }
 
 

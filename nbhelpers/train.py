@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR
 
 from .config import ConfigError, TrainConfig, make_config
-from .data import CifarLoader, CIFAR10Data, Splits, load_cifar10, prepare_splits
+from .branches import collect_branch_weights
+from .data import CifarLoader, CIFAR10Data, Split, Splits, balanced_indices, load_cifar10, prepare_splits
 from .errors import ExplainedError
 from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
 from .model import Model
 from .progress import Progress, RunEstimate
 from .ranger import Ranger
 from .runs import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
-                   set_rng_state,
-                   environment, restore_missing_files, resume_point, save_checkpoint, write_config,
-                   write_history, write_weights, writing)
+                   environment, restore_missing_files, resume_point, save_checkpoint,
+                   set_rng_state, write_config, write_tables, write_weights, writing)
 from .runtime import device_name, pick_device, seed_everything, synchronize, total_memory
 
 
@@ -41,7 +41,7 @@ class TrainingDiverged(ExplainedError, FloatingPointError):
 
 def build_model(config: TrainConfig, num_classes: int = 10) -> Model:
     return Model(config.num_blocks, 3, config.backbone_out_channels, config.num_conv_layer,
-                 config.hidden_size, num_classes)
+                 config.hidden_size, num_classes, config.mixing)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -197,7 +197,7 @@ def schedule_trace(config: TrainConfig, steps_per_epoch: int) -> dict[str, list[
     for _ in range(config.num_epochs):
         for _ in range(steps_per_epoch):
             trace["lr"].append(group["lr"])
-            trace["beta1"].append(group["betas"][0] if "betas" in group else group["momentum"])
+            trace["beta1"].append(beta1_of(group))
             optimizer.step()  # a no-op without gradients; the scheduler expects it first
             if config.scheduler_step == "batch":
                 scheduler.step()
@@ -217,38 +217,85 @@ def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
 
 def train_epoch(model, loader, optimizer, scheduler, *, per_batch: bool, precision: str,
                 channels_last: bool, on_step=None) -> dict[str, Any]:
-    """One pass over the training batches. Sums stay on the device: no sync per step."""
+    """One pass over the training batches: forward, loss, backward, optimizer step, scheduler step.
+
+    This is the loop `fit` runs, and the one notebook 03 shows. The seed's bug
+    was one line of it: its `scheduler.step()` ran after the loop, once per
+    epoch (per_batch=False repeats that). Nothing is read back from the device
+    per step: the losses stay there until the one synchronisation at the end.
+    `on_step(param_group)` sees the learning rate and beta1 each step used.
+    """
     model.train()
     device = loader.device
-    loss_sum = torch.zeros((), device=device)
+    step_losses = torch.zeros(len(loader), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     seen = 0
     for step, (images, labels) in enumerate(loader):
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            logits = model(images)                     # forward
+            loss = F.cross_entropy(logits, labels)     # the loss of this batch
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss.backward()                                # gradients
+        optimizer.step()                               # Ranger's update, at this step's lr
         if on_step is not None:
-            on_step(optimizer.param_groups[0]["lr"])
+            on_step(optimizer.param_groups[0])
         if per_batch:
-            scheduler.step()
-        loss = loss.detach()
-        loss_sum += loss
+            scheduler.step()                           # one cycle: the next step's lr and beta1
+        step_losses[step] = loss.detach()
         correct += (logits.argmax(dim=1) == labels).sum()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         seen += len(labels)
     if not per_batch:
-        scheduler.step()
+        scheduler.step()                               # the seed's way: once per epoch
     # The one synchronisation of the epoch.
-    loss_total, correct_total, bad = torch.stack(
-        [loss_sum.double(), correct.double(), first_bad.double()]).tolist()
-    return {"loss": loss_total / len(loader), "acc": 100 * correct_total / max(seen, 1),
-            "first_bad_step": int(bad)}
+    *losses, correct_total = torch.cat([step_losses.double(), correct.double().view(1)]).tolist()
+    not_finite = [step for step, value in enumerate(losses) if not math.isfinite(value)]
+    return {"loss": sum(losses) / len(losses), "acc": 100 * correct_total / max(seen, 1),
+            "first_bad_step": not_finite[0] if not_finite else -1, "step_losses": losses}
+
+
+def beta1_of(group: dict[str, Any]) -> float:
+    """beta1 of Adam-like optimizers (Ranger's too), SGD's momentum: what OneCycleLR cycles."""
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+# steps.csv keeps at least this many rows per epoch (every step, if an epoch has fewer).
+STEP_ROWS_PER_EPOCH = 50
+
+
+def step_rows(epoch: int, steps_before: int, losses: list[float], lrs: list[float],
+              beta1s: list[float]) -> list[dict[str, float]]:
+    """steps.csv's rows for one epoch: every few steps, the training loss over those steps."""
+    stride = max(1, len(losses) // STEP_ROWS_PER_EPOCH)
+    ends = list(range(stride, len(losses) + 1, stride))
+    if ends[-1] != len(losses):
+        ends.append(len(losses))  # the last few steps, fewer than a stride
+    return [{"step": steps_before + end, "epoch": epoch,
+             "train_loss": sum(losses[start:end]) / (end - start),
+             "lr": lrs[end - 1], "beta1": beta1s[end - 1]}
+            for start, end in zip([0] + ends[:-1], ends)]
+
+
+def branch_weight_rows(epoch: int, model, probe: Split, device: torch.device,
+                       chosen: dict[str, Any]) -> list[dict[str, float]]:
+    """branch_weights.csv's rows: every block's mean branch weight (and mean |weight|) on `probe`."""
+    weights = collect_branch_weights(model, probe, device, chosen["precision"], chosen["channels_last"])
+    means, sizes = weights.mean(dim=1).tolist(), weights.abs().mean(dim=1).tolist()
+    return [{"epoch": epoch, "block": block, "branch": branch, "mean": means[block][branch],
+             "mean_abs": sizes[block][branch]}
+            for block in range(len(means)) for branch in range(len(means[block]))]
+
+
+# Test images on which every epoch's branch weights are recorded (all of them in a small test set).
+BRANCH_PROBE_IMAGES = 1000
+
+
+def branch_probe(splits: Splits) -> Split:
+    test = splits.test
+    if len(test) <= BRANCH_PROBE_IMAGES:
+        return test
+    return test.subset(balanced_indices(test.labels, BRANCH_PROBE_IMAGES, len(splits.classes)))
 
 
 # --------------------------------------------------------------------------
@@ -286,17 +333,20 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
         scheduler = build_scheduler(optimizer, config, len(train_loader))
         info = {"config": config.to_dict(), "resolved": chosen, **environment(device),
                 "data": data_record, "steps_per_epoch": len(train_loader)}
+        probe = branch_probe(splits)
         if point is None:
-            history, start = [], 0
+            start, tables = 0, {"branch_weights": branch_weight_rows(0, model, probe, device, chosen)}
             write_config(run_dir, info)
         else:
             restore(point, model, optimizer, scheduler, config, run_dir)
-            history, start, info = point.history, point.epoch, point.info or info
+            start, tables, info = point.epoch, point.tables, point.info or info
             restore_missing_files(run_dir, point, info, finished=start >= config.num_epochs)
-        run = Run(config, run_dir, model, history, device, splits.classes, info=info)
+        run = Run(config, run_dir, model, tables.get("history", []), device, splits.classes,
+                  info=info, steps=tables.get("steps", []),
+                  branch_weights=tables.get("branch_weights", []))
         end = min(config.num_epochs, stop_after or config.num_epochs)
         train_epochs(run, range(start + 1, end + 1), step_model, train_loader, optimizer,
-                     scheduler, eval_splits(splits, device))
+                     scheduler, eval_splits(splits, device), probe)
         if run.finished and start < config.num_epochs:
             write_weights(run_dir, model, info)
     return run
@@ -310,17 +360,19 @@ def eval_splits(splits: Splits, device: torch.device) -> dict[str, CifarLoader]:
 
 
 def train_epochs(run: Run, epochs: range, step_model, train_loader: CifarLoader, optimizer,
-                 scheduler, eval_loaders: dict[str, CifarLoader]) -> None:
-    """Train `epochs`; after each: evaluate, check, checkpoint, append to history, report."""
+                 scheduler, eval_loaders: dict[str, CifarLoader], probe: Split) -> None:
+    """Train `epochs`; after each: evaluate, check, record, checkpoint, report."""
     config, chosen, device = run.config, run.info["resolved"], run.device
     steps = len(epochs) * len(train_loader)
     estimate = RunEstimate(steps, len(epochs), config.batch_size,
                            sum(len(loader.labels) for loader in eval_loaders.values()),
                            device_name(device), lambda: synchronize(device))
     progress = Progress(config.progress, steps, config.num_epochs, estimate)
+    lrs, beta1s = [], []
 
-    def on_step(lr: float) -> None:
-        run.step_lrs.append(lr)
+    def on_step(group: dict[str, Any]) -> None:
+        lrs.append(group["lr"])
+        beta1s.append(beta1_of(group))
         progress.step()
 
     try:
@@ -341,10 +393,15 @@ def train_epochs(run: Run, epochs: range, step_model, train_loader: CifarLoader,
             row["seconds"] = time.perf_counter() - tic
             check_finite(epoch, row, trained["first_bad_step"], run.model, config, chosen, run.run_dir)
             run.history.append(row)
-            save_checkpoint(run.run_dir, run.model, optimizer, scheduler, run.info, epoch, run.history)
-            write_history(run.run_dir, run.history)
+            taken = len(trained["step_losses"])
+            run.steps += step_rows(epoch, (epoch - 1) * taken, trained["step_losses"],
+                                   lrs[-taken:], beta1s[-taken:])
+            run.branch_weights += branch_weight_rows(epoch, run.model, probe, device, chosen)
+            save_checkpoint(run, optimizer, scheduler, epoch)
+            write_tables(run)
             progress.end_epoch(run.history)
     finally:
+        run.step_lrs += lrs
         progress.close()
 
 

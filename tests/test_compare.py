@@ -7,7 +7,7 @@ import torch
 
 from nbhelpers import compare as C
 from nbhelpers.config import make_config
-from nbhelpers.runs import write_history
+from nbhelpers.runs import HISTORY, write_table
 
 
 def _fake_run(folder, final_acc, seconds=2.0, epochs=3, **config):
@@ -18,7 +18,7 @@ def _fake_run(folder, final_acc, seconds=2.0, epochs=3, **config):
     history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 10.0 * e, "test_loss": 1.5 / e,
                 "test_acc": final_acc - 5 * (epochs - e) + (8 if e == 2 else 0), "lr": 0.01,
                 "seconds": seconds} for e in range(1, epochs + 1)]
-    write_history(folder, history)
+    write_table(folder / HISTORY, history)
     return folder
 
 

@@ -78,7 +78,7 @@ def test_layer_table_lists_shapes_and_parameters():
 def test_default_arguments_are_the_seeds():
     with torch.device("meta"):  # shapes only: the full model would cost 230 MB here
         assert Model().sizes == dict(num_blocks=3, input_channels=3, backbone_out_channels=1024,
-                                     num_conv_layer=3, hidden_size=512, num_classes=10)
+                                     num_conv_layer=3, hidden_size=512, num_classes=10, mixing="seed")
     with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
         Model(num_blocks=0)
 

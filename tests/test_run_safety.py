@@ -37,7 +37,7 @@ def finished_run(synthetic_data, tmp_path) -> Path:
 def test_1_a_finished_run_without_its_checkpoint_is_never_overwritten(synthetic_data, finished_run):
     (finished_run / "checkpoint.pt").unlink()
     before = _snapshot(finished_run)
-    with pytest.raises(RunFolderError, match=r"already holds files \(config.json, history.csv, model.pt\)"):
+    with pytest.raises(RunFolderError, match=r"already holds files \(branch_weights.csv, config.json, history.csv, model.pt, steps.csv\)"):
         T.fit(data=synthetic_data, run_dir=finished_run, num_epochs=1, **TINY)
     assert _snapshot(finished_run) == before
 
@@ -199,6 +199,6 @@ def test_1_resuming_a_finished_run_without_its_checkpoint_is_refused_too(synthet
     """resume=True must not take such a folder for a run that never finished an epoch."""
     (finished_run / "checkpoint.pt").unlink()
     before = _snapshot(finished_run)
-    with pytest.raises(ResumeError, match=r"no checkpoint.pt to continue from.*\(config.json, history.csv, model.pt\)"):
+    with pytest.raises(ResumeError, match=r"no checkpoint.pt to continue from.*\(branch_weights.csv, config.json, history.csv, model.pt, steps.csv\)"):
         T.fit(data=synthetic_data, run_dir=finished_run, num_epochs=2, resume=True, **TINY)
     assert _snapshot(finished_run) == before

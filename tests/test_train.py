@@ -32,7 +32,7 @@ def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthet
     assert run.history[-1]["test_acc"] > 40  # chance is 10%
     folder = tmp_path / "run"
     assert {p.name for p in folder.iterdir()} == {"config.json", "history.csv", "checkpoint.pt",
-                                                  "model.pt", ".lock"}
+                                                  "model.pt", "steps.csv", "branch_weights.csv", ".lock"}
     info = json.loads((folder / "config.json").read_text())
     assert info["config"]["num_epochs"] == 2
     # the "auto" choices and the CPU threads, recorded
@@ -54,6 +54,8 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(synthetic_data, tmp_pat
     assert len(first.history) == 1 and not (tmp_path / "resumed" / "model.pt").exists()
     T.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, resume=True, **SMALL)
     assert _rows(tmp_path / "straight") == _rows(tmp_path / "resumed")
+    for table in (R.STEPS, R.BRANCH_WEIGHTS):
+        assert (tmp_path / "straight" / table).read_text() == (tmp_path / "resumed" / table).read_text()
     straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -122,6 +124,35 @@ def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert checkpoint["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
     assert len(_rows(tmp_path / "run")) == 1
+
+
+def test_steps_csv_records_every_few_steps_with_the_lr_and_beta1_they_used(synthetic_data, tmp_path):
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=1000,
+                **dict(SMALL, batch_size=8))  # 125 steps per epoch
+    rows = R.read_table(tmp_path / "run" / R.STEPS)
+    assert [row["step"] for row in rows[:3]] == [2, 4, 6] and rows[-1]["step"] == 250
+    assert all(sum(row["epoch"] == e for row in rows) >= 50 for e in (1, 2))
+    trace = T.schedule_trace(run.config, 125)
+    assert [row["lr"] for row in rows] == [trace["lr"][int(row["step"]) - 1] for row in rows]
+    assert [row["beta1"] for row in rows] == [trace["beta1"][int(row["step"]) - 1] for row in rows]
+    # Each row's loss is the mean of its steps' losses; the epoch's mean is history's train loss.
+    epoch_1 = [row["train_loss"] for row in rows if row["epoch"] == 1]  # 62 rows of 2 steps, then 1
+    assert sum(epoch_1[:-1]) * 2 + epoch_1[-1] == pytest.approx(run.history[0]["train_loss"] * 125)
+
+
+def test_branch_weights_csv_holds_every_blocks_mean_weights_from_the_untrained_start(
+        synthetic_data, tmp_path):
+    from nbhelpers import branches
+    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+    rows = R.read_table(tmp_path / "run" / R.BRANCH_WEIGHTS)
+    assert [(r["epoch"], r["block"], r["branch"]) for r in rows] == \
+        [(e, b, j) for e in (0, 1, 2) for b in range(3) for j in range(3)]
+    how = (run.resolved["precision"], run.resolved["channels_last"])
+    start = branches.initial_model(run.config).to(memory_format=torch.channels_last)
+    untrained = branches.collect_branch_weights(start, synthetic_data.test, "cpu", *how)
+    assert [r["mean"] for r in rows[:9]] == pytest.approx(untrained.mean(dim=1).flatten().tolist(), abs=1e-6)
+    trained = branches.collect_branch_weights(run.model, synthetic_data.test, "cpu", *how)
+    assert [r["mean_abs"] for r in rows[-9:]] == pytest.approx(trained.abs().mean(dim=1).flatten().tolist(), abs=1e-6)
 
 
 def test_per_batch_learning_rates_follow_one_cycle(synthetic_data, tmp_path):
