@@ -101,7 +101,7 @@ def extreme_image_rows(weights: torch.Tensor, split: Split, count: int = 6) -> l
 
     The branch whose weight varies most between images (largest standard
     deviation) is where a block's per-image choice shows best. The rows are
-    what `plots.weight_extremes` draws.
+    what `analysis_plots.weight_extremes` draws.
     """
     rows = []
     for block, block_weights in enumerate(weights):
