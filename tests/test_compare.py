@@ -7,7 +7,7 @@ import torch
 
 from nbhelpers import compare as C
 from nbhelpers.config import make_config
-from nbhelpers.runs import HISTORY, write_table
+from nbhelpers.runs import HISTORY, STEPS, write_table
 
 
 def _fake_run(folder, final_acc, seconds=2.0, epochs=3, **config):
@@ -30,32 +30,112 @@ def four_runs(tmp_path):
             _fake_run(tmp_path / "se", 57.5, optimizer="sgd", scheduler_step="epoch", data_dir="x")]
 
 
+def _seeded_runs(tmp_path, finals: dict[tuple[str, str], list[float]]):
+    """Run folders of several settings, each over seeds 1002, 1003, ...: {(optimizer, step): finals}."""
+    return [_fake_run(tmp_path / f"{optimizer}-{step}-{k}", final, optimizer=optimizer,
+                      scheduler_step=step, rand_seed=1002 + k)
+            for (optimizer, step), finals_of in finals.items() for k, final in enumerate(finals_of)]
+
+
 def test_runs_are_labelled_by_what_differs_and_nothing_else(four_runs):
     runs = C.load_runs(four_runs)
     assert [run.label for run in runs] == ["ranger, batch", "ranger, epoch", "sgd, batch", "sgd, epoch"]
     assert list(runs[0].varying) == ["optimizer", "scheduler_step"]  # not run_dir, not data_dir
-    assert runs[0].final_acc == 60.0 and runs[0].best == runs[0].history[1]  # epoch 2: 63%
-    assert runs[2].seconds_per_epoch == 1.0 and runs[0].finished
+    assert runs[0].final_acc == 60.0 and runs[2].seconds_per_epoch == 1.0 and runs[0].finished
+    assert runs[0].steps == []  # a folder without steps.csv still loads
 
 
-def test_the_table_gives_final_and_best_accuracy_and_seconds_per_epoch(four_runs):
-    table = C.markdown_table(C.load_runs(four_runs)).splitlines()
-    assert table[0].startswith("| optimizer, scheduler_step | epochs | final test acc. (%)")
-    assert table[2] == "| ranger, batch | 3 | 60.00 | 63.00 at 2 | 2.0 |"
-    assert len(table) == 2 + 4
+def test_runs_that_differ_only_in_their_seed_are_one_setting_with_a_spread(tmp_path):
+    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0]})
+    runs = C.load_runs(folders)
+    assert {run.label for run in runs} == {"all runs"} and runs[0].varying == {}  # rand_seed is no label
+    [setting] = C.group_settings(runs)
+    assert [run.seed for run in setting.runs] == [1002, 1003, 1004]
+    assert setting.mean == 62.0 and setting.spread == 2.0  # the sample standard deviation
 
 
-def test_paired_differences_compare_per_batch_with_per_epoch_for_each_optimizer(four_runs):
-    differences = C.paired_differences(C.load_runs(four_runs), "scheduler_step", "batch", "epoch")
-    assert differences == {"ranger": 10.0, "sgd": -2.5}
+def test_settings_group_the_seeds_of_each_setting_and_the_table_gives_mean_and_spread(tmp_path):
+    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0],
+                                      ("ranger", "epoch"): [50.0, 51.0, 52.0],
+                                      ("sgd", "batch"): [55.0]})
+    settings = C.group_settings(C.load_runs(list(reversed(folders))))
+    assert [s.label for s in settings] == ["sgd, batch", "ranger, epoch", "ranger, batch"]
+    assert [len(s.runs) for s in settings] == [1, 3, 3] and math.isnan(settings[0].spread)
+    table = C.markdown_table(settings).splitlines()
+    assert table[0].startswith("| optimizer, scheduler_step | seeds | epochs | final test acc. (%), mean ± sd")
+    assert table[4] == "| ranger, batch | 3 | 3 | 62.00 ± 2.00 | 60.00, 62.00, 64.00 | 2.0 |"
+    assert table[2] == "| sgd, batch | 1 | 3 | 55.00 | 55.00 | 2.0 |"
+
+
+def test_a_difference_is_real_only_where_it_exceeds_the_sum_of_the_two_spreads(tmp_path):
+    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0],   # 62 +- 2
+                                      ("ranger", "epoch"): [50.0, 51.0, 52.0],   # 51 +- 1
+                                      ("sgd", "batch"): [57.0, 59.0, 61.0],      # 59 +- 2: 3 below, a tie
+                                      ("sgd", "epoch"): [58.0]})                 # one seed
+    settings = C.group_settings(C.load_runs(folders))
+    by_step = {d.first.label: d for d in C.paired_differences(settings, "scheduler_step", "batch", "epoch")}
+    assert set(by_step) == {"ranger, batch", "sgd, batch"}
+    assert by_step["ranger, batch"].value == 11.0 and by_step["ranger, batch"].spread == 3.0
+    assert by_step["ranger, batch"].verdict == "real"
+    assert by_step["sgd, batch"].verdict.startswith("unknown")
+    [ranger_vs_sgd, ranger_vs_sgd_epoch] = C.against_the_first(settings)
+    assert (ranger_vs_sgd.first.label, ranger_vs_sgd.second.label) == ("ranger, batch", "sgd, batch")
+    assert ranger_vs_sgd.value == 3.0 and ranger_vs_sgd.spread == 4.0 and ranger_vs_sgd.verdict == "tie"
+    assert ranger_vs_sgd_epoch.second.label == "sgd, epoch"
+    rows = C.differences_table([by_step["ranger, batch"], ranger_vs_sgd]).splitlines()
+    assert rows[2] == "| ranger, batch | ranger, epoch | +11.00 | 3.00 | real |"
+    assert rows[3] == "| ranger, batch | sgd, batch | +3.00 | 4.00 | tie |"
 
 
 def test_an_unfinished_run_says_so_and_a_folder_without_a_run_is_refused(tmp_path):
     folder = _fake_run(tmp_path / "a", 40.0, epochs=2)
     (folder / "config.json").write_text(json.dumps({"config": make_config(num_epochs=60).to_dict()}))
-    assert "| 2 of 60 |" in C.markdown_table(C.load_runs([folder]))
+    assert "| 2 of 60 |" in C.markdown_table(C.group_settings(C.load_runs([folder])))
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         C.load_runs([tmp_path / "nothing"])
+
+
+def test_steps_csv_is_read_and_roughness_measures_the_step_to_step_jitter(tmp_path):
+    smooth, jagged = _fake_run(tmp_path / "smooth", 50.0), _fake_run(tmp_path / "jagged", 50.0, max_lr=0.2)
+    write_table(smooth / STEPS, [{"step": s, "epoch": 1, "train_loss": 2 - 0.01 * s, "lr": 0.1, "beta1": 0.9}
+                                 for s in range(1, 21)])
+    write_table(jagged / STEPS, [{"step": s, "epoch": 1, "train_loss": 2 - 0.01 * s + 0.1 * (-1) ** s,
+                                  "lr": 0.1, "beta1": 0.9} for s in range(1, 21)])
+    smooth_run, jagged_run = C.load_runs([smooth, jagged])
+    assert len(smooth_run.steps) == 20 and smooth_run.steps[0]["train_loss"] == pytest.approx(1.99)
+    assert C.roughness(smooth_run) == pytest.approx(0, abs=1e-9)  # a straight line: no jitter
+    assert C.roughness(jagged_run) == pytest.approx(0.2, rel=0.05)
+
+
+def test_gradient_centralization_on_a_conv_layer_zeroes_each_filters_mean_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    images, labels = torch.randn(8, 3, 6, 6), torch.randint(0, 2, (8,))
+    model(images)
+    model.eval()
+    running = model[1].running_mean.clone()
+    grad = C.gradient_of_one_batch(model, images, labels, "0.weight")
+    assert grad.shape == (4, 3, 3, 3) and model[0].weight.grad is None
+    assert torch.equal(model[1].running_mean, running) and not model.training
+    effect = C.centralization_effect("0.weight", grad)
+    assert torch.allclose(effect.mean_before, grad.flatten(1).mean(dim=1))
+    assert effect.mean_after.abs().max() < 1e-6 <= effect.mean_before.abs().max()
+    # the removed share is the mean's part of the squared norm: n * mean^2 / |g|^2
+    expected = 27 * effect.mean_before ** 2 / grad.flatten(1).pow(2).sum(dim=1)
+    assert torch.allclose(effect.removed, expected, atol=1e-5)
+
+
+def test_the_peak_of_the_one_cycle_and_the_share_of_it_r_t_lets_through():
+    from nbhelpers.ranger import rectification_term
+    from nbhelpers.train import learning_rates
+    lrs = learning_rates(make_config(num_epochs=60), 391)  # the seed's full run
+    peak = C.peak_of(lrs)
+    assert peak.step == 7038 and peak.lr == pytest.approx(0.1)  # 30% of 23,460 steps
+    assert peak.r_t == pytest.approx(rectification_term(7038, 0.999)) and 0.99 < peak.r_t < 1
+    effective = C.effective_learning_rates(lrs)
+    assert all(math.isnan(v) for v in effective[:5]) and not math.isnan(effective[5])
+    assert effective[peak.step - 1] == pytest.approx(peak.effective_lr)
 
 
 def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_without():
