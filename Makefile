@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(DEPS_SUM)
 BROWSER_STAMP := $(VENV)/.browser-$(DEPS_SUM)
 NBVAL  := build/nbval
 
-.PHONY: demo test lab browser-test install lock clean
+.PHONY: demo test lab browser-test install lock clean slurm-test site reference
 
 # The main job: on a GPU the full series (60 epochs); without one, the CPU demo (nbhelpers.sizes).
 demo: $(STAMP)
@@ -42,6 +42,16 @@ lab: $(STAMP)
 # (tests/browser/lab_check.py; needs /usr/bin/chromium, which .ci/run installs).
 browser-test: $(BROWSER_STAMP)
 	$(PY) tests/browser/lab_check.py
+	$(PY) -m nbhelpers.site
+	$(PY) tests/browser/site_check.py
+
+# A static website of the committed reference run (reference/), readable offline, in build/site/.
+site: $(STAMP)
+	$(PY) -m nbhelpers.site
+
+# The reference run: the series executed and published (reference/, figures/, README's Results).
+reference: $(STAMP)
+	$(PY) -m nbhelpers.reference
 
 # The README's job-array script (slurm/sweep-cpu.sbatch) on a single-node Slurm started on this
 # machine (tests/slurm/run.sh: installs Debian's slurm and munge if missing, as root or with sudo;

@@ -2,8 +2,8 @@
 
     python benchmarks/make_reference.py RUN_FOLDER [TRAIN_STEP_JSON] > benchmarks/reference.json
 
-RUN_FOLDER is what `python -m nbhelpers.series --size full --name NAME` leaves in
-runs/NAME: the executed notebooks in notebooks/ and the training run in run/.
+RUN_FOLDER is what `python -m nbhelpers.reference --size full --name NAME` leaves in
+runs/reference-NAME: the executed notebooks in notebooks/ and the training run in run/.
 TRAIN_STEP_JSON is the output of benchmarks/train_step.py on the same machine.
 """
 import json

@@ -9,7 +9,8 @@
 The sizes are nbhelpers.sizes'.
 
 Executed notebooks land in runs/<name>/notebooks/, the trained run in
-runs/<name>/run/, and the figures in figures/ (the demo's in figures/demo/).
+runs/<name>/run/, and the figures in runs/<name>/figures/ (the reference run,
+`python -m nbhelpers.reference`, writes the project's figures/ instead).
 A missing CIFAR-10 is downloaded (download=True). Where that fails (no
 network), the demo says so and runs on a small synthetic stand-in with class
 names of its own; the full run needs the real data.
@@ -48,7 +49,8 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
     parameters = {
         "01_data_exploration": dict(common),
         "02_model": dict(common, size=size),
-        "03_train": dict(common, size=size, run_dir=str(run_dir)),
+        # A line per epoch: the executed copy holds text, not a progress widget's state.
+        "03_train": dict(common, size=size, run_dir=str(run_dir), progress="log"),
         # On real data the CPU demo ablates on 2,000 of the 10,000 test images (the stand-in has 1,000)
         "04_evaluate": dict(common, run_dir=str(run_dir),
                             **({"ablation_images": 2000} if size == "demo" and not data_dir else {})),
@@ -72,10 +74,10 @@ def demo_data_dir(scratch: Path) -> str:
         return str(scratch)
 
 
-def make_room_for_demo(base: Path) -> str:
-    """Before `make demo`: "resume" an interrupted demo in `base`, or move a finished one aside ("new").
+def make_room(base: Path) -> str:
+    """Before a series into `base`: "resume" an interrupted run there, or move an earlier series aside ("new").
 
-    Nothing of an earlier demo is deleted: an interrupted run goes on from its last
+    Nothing of an earlier series is deleted: an interrupted run goes on from its last
     epoch; a finished (or failed before its first epoch) series moves to <base>-<date-time>.
     """
     run_dir = base / "run"
@@ -85,20 +87,21 @@ def make_room_for_demo(base: Path) -> str:
     if base.exists():
         aside = base.with_name(f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         base.rename(aside)
-        print(f"The previous demo was moved to {aside}.", flush=True)
+        print(f"The previous series in {base} was moved to {aside}.", flush=True)
     return "new"
 
 
-def run_series(size: str, name: str | None = None, prepare_only: Path | None = None) -> Path:
+def run_series(size: str, name: str | None = None, prepare_only: Path | None = None,
+               figures: Path | None = None) -> Path:
+    """Run (or with prepare_only, only parameterize) the series into runs/<name>/.
+
+    Its figures go to `figures` (default: runs/<name>/figures; only the reference
+    run, nbhelpers.reference, writes the project's figures/).
+    """
     name = name or ("demo" if size == "demo" else f"{size}-{time.strftime('%Y%m%d-%H%M%S')}")
     base = prepare_only or RUNS_DIR / name
-    figures = (base / "figures") if prepare_only else \
-        (PROJECT_ROOT / "figures" / ("" if size == "full" else size))
-    resume = False
-    if size == "demo" and not prepare_only and name == "demo":
-        resume = make_room_for_demo(base) == "resume"
-    if not prepare_only and not resume and (base / "run").exists():
-        raise SystemExit(f"{base / 'run'} exists already: remove it, or pass --name.")
+    figures = figures or base / "figures"
+    resume = not prepare_only and make_room(base) == "resume"
     data_dir = demo_data_dir(base / "synthetic-data") if size != "full" else ""
     parameters = series_parameters(size, base / "run", figures, data_dir)
     if resume:

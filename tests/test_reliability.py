@@ -179,14 +179,14 @@ def test_8_a_sweep_json_may_set_only_training_parameters(tmp_path, name):
 
 # 9 ---------------------------------------------------------------------------
 def test_9_the_demo_resumes_an_interrupted_demo_and_moves_a_finished_one_aside(tmp_path, capsys):
-    from nbhelpers.series import make_room_for_demo
+    from nbhelpers.series import make_room
     demo = tmp_path / "demo"
     (demo / "run").mkdir(parents=True)
     (demo / "run" / R.CHECKPOINT).write_bytes(b"epoch 2")
-    assert make_room_for_demo(demo) == "resume"
+    assert make_room(demo) == "resume"
     assert (demo / "run" / R.CHECKPOINT).read_bytes() == b"epoch 2"
     (demo / "run" / R.WEIGHTS).write_bytes(b"finished")
-    assert make_room_for_demo(demo) == "new"
+    assert make_room(demo) == "new"
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("demo-")]
     assert len(moved) == 1 and (moved[0] / "run" / R.WEIGHTS).read_bytes() == b"finished"
     assert not demo.exists() and f"moved to {moved[0]}" in capsys.readouterr().out

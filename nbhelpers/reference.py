@@ -1,0 +1,173 @@
+"""The published reference run: the series executed once, its notebooks and figures committed.
+
+    python -m nbhelpers.reference                 # the size "auto" picks; its name says which
+    python -m nbhelpers.reference --name cpu-demo # explicitly
+
+One command does it all: it runs the series (01-04 at the size given; 05 and
+06 at the sweeps' CPU size, `small`), then copies what a reader should see
+without running anything into the repository:
+
+    reference/<name>/*.ipynb       the executed notebooks, outputs included
+    reference/<name>/results.json  the numbers of the run, for the tables below
+    figures/ (a full run) or figures/<size>/   the PNGs the notebooks saved
+    README.md                      its Results table, rewritten between two markers
+
+`make site` turns reference/ into a static website (nbhelpers.site).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .runs import read_config, read_history
+from .runtime import PROJECT_ROOT
+from .sizes import SIZES, pick_size
+
+REFERENCE_DIR = PROJECT_ROOT / "reference"
+README = PROJECT_ROOT / "README.md"
+RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.reference -->", "<!-- results end -->"
+# The sweeps' notebooks run at the CPU sweep size in every reference run: at full size
+# a sweep is many 60-epoch runs, and on a GPU `small` takes seconds a run.
+SWEEP_NOTEBOOKS = ("05_compare", "06_branch_mixing")
+# The seed's own result, as its notebook printed it (not a run of this project).
+SEED_ROW = {"name": "the seed (its Colab notebook)", "device": "a Colab GPU (not recorded)",
+            "epochs": 60, "final_test_acc": 88.39, "best_test_acc": 89.21, "best_epoch": 55,
+            "seconds_per_epoch": None, "series_seconds": None}
+
+
+def figures_dir_for(size: str) -> Path:
+    """Where a reference run of `size` puts its figures: figures/ for full, figures/<size>/ otherwise."""
+    return PROJECT_ROOT / "figures" / ("" if size == "full" else size)
+
+
+def run_reference(name: str, size: str) -> Path:
+    """Run everything, then publish it (see the module's docstring). Returns reference/<name>/."""
+    from .series import NOTEBOOKS_DIR, run_series  # papermill: only when running
+    figures = figures_dir_for(size)
+    figures.mkdir(parents=True, exist_ok=True)
+    for old in figures.glob("0*.png"):
+        old.unlink()  # the figures are this run's, none left over from an earlier one
+    executed = run_series(size, f"reference-{name}", figures=figures)
+    base = executed.parent
+    for notebook in SWEEP_NOTEBOOKS:
+        if (NOTEBOOKS_DIR / f"{notebook}.ipynb").exists():
+            run_notebook(notebook, executed, {"size": "small", "figures_dir": str(figures),
+                                              "data_dir": _data_dir_of(base)})
+    return publish(name, size, base)
+
+
+def run_notebook(notebook: str, out_dir: Path, parameters: dict[str, Any]) -> None:
+    import papermill
+
+    from .series import NOTEBOOKS_DIR
+    print(f"--- {notebook} {parameters}", flush=True)
+    papermill.execute_notebook(NOTEBOOKS_DIR / f"{notebook}.ipynb", out_dir / f"{notebook}.ipynb",
+                               parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS_DIR),
+                               log_output=True, progress_bar=False)
+
+
+def _data_dir_of(base: Path) -> str:
+    """The synthetic stand-in's folder where the series had to use one, else "" (CIFAR-10 as found)."""
+    stand_in = base / "synthetic-data"
+    return str(stand_in) if stand_in.is_dir() else ""
+
+
+def publish(name: str, size: str, base: Path) -> Path:
+    """Copy runs/reference-<name>/'s executed notebooks into reference/<name>/ with results.json; update the README."""
+    target = REFERENCE_DIR / name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for path in sorted((base / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata.pop("widgets", None)  # widget state: nothing a reader can see
+        nbformat.write(notebook, target / path.name)
+    results = summarize(name, size, base)
+    (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_readme_results()
+    print(f"reference/{name}: {len(list(target.glob('*.ipynb')))} notebooks, "
+          f"{sum(p.stat().st_size for p in target.iterdir()) / 2**20:.1f} MiB")
+    return target
+
+
+def summarize(name: str, size: str, base: Path) -> dict[str, Any]:
+    """The numbers of a reference run, from its run folder and its executed notebooks."""
+    run = base / "run"
+    info, history = read_config(run), read_history(run)
+    best = max(history, key=lambda row: row["test_acc"])
+    durations = [nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("duration") or 0
+                 for path in sorted((base / "notebooks").glob("0[1-4]_*.ipynb"))]
+    return {"name": name, "size": size, "device": info["device"], "torch": info["torch"],
+            "commit": info.get("commit"), "date": time.strftime("%Y-%m-%d"),
+            "data": "the official CIFAR-10" if info["data"]["official"] else
+                    ("a SYNTHETIC stand-in, not CIFAR-10" if info["data"]["synthetic"]
+                     else "a re-encoded (unofficial) copy of CIFAR-10"),
+            "epochs": len(history), "final_test_acc": history[-1]["test_acc"],
+            "best_test_acc": best["test_acc"], "best_epoch": int(best["epoch"]),
+            "seconds_per_epoch": sum(row["seconds"] for row in history) / len(history),
+            "series_seconds": sum(durations)}
+
+
+# --------------------------------------------------------------------------
+# The Results table: README.md's and the site's
+# --------------------------------------------------------------------------
+
+def reference_results() -> list[dict[str, Any]]:
+    """results.json of every reference run under reference/, by name."""
+    return [json.loads(path.read_text()) for path in sorted(REFERENCE_DIR.glob("*/results.json"))]
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def results_table(results: list[dict[str, Any]], link: str = "reference/{name}/") -> str:
+    """A Markdown table: each reference run, then the seed's published result beside them."""
+    lines = ["| run | device | epochs | final test accuracy | best (epoch) | time per epoch | the series (01-04) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in results + [SEED_ROW]:
+        title = row["name"] if row is SEED_ROW else \
+            f"[{row['name']}]({link.format(name=row['name'])}) ({row['size']} size; {row['data']})"
+        lines.append(f"| {title} | {row['device']} | {row['epochs']} | {row['final_test_acc']:.2f}% | "
+                     f"{row['best_test_acc']:.2f}% ({row['best_epoch']}) | {_minutes(row['seconds_per_epoch'])} | "
+                     f"{_minutes(row['series_seconds'])} |")
+    return "\n".join(lines)
+
+
+def write_readme_results(readme: Path = README) -> None:
+    """Replace what lies between the README's Results markers by the table of reference/."""
+    text = readme.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise SystemExit(f"{readme} has no Results markers ({RESULTS_START} ... {RESULTS_END})")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    readme.write_text(f"{head}{RESULTS_START}\n{results_table(reference_results())}\n{RESULTS_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.reference", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="auto", choices=("auto",) + tuple(SIZES),
+                        help="auto: full on a CUDA GPU, demo elsewhere")
+    parser.add_argument("--name", help="reference/<name>/ (default: gpu-full or cpu-demo, by the size)")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="only rewrite the README's Results table from reference/*/results.json")
+    args = parser.parse_args(argv)
+    if args.readme_only:
+        write_readme_results()
+        return
+    size = pick_size(args.size)
+    name = args.name or (f"gpu-{size}" if size == "full" else f"cpu-{size}")
+    run_reference(name, size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

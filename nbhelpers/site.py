@@ -1,0 +1,117 @@
+"""A static website of the reference runs, readable offline: `make site` writes build/site/.
+
+    python -m nbhelpers.site              # from reference/*/ into build/site/
+
+Built from the committed executed notebooks (reference/<name>/*.ipynb, see
+nbhelpers.reference) without running or training anything:
+
+    build/site/index.html                the Results table of the README, and every notebook
+    build/site/<name>/<notebook>.html    one page per notebook, its figures inline
+
+Nothing on a page is fetched from the network. The figures are inside the
+pages (nbconvert writes them as data URIs); the equations are turned into
+MathML here, which browsers draw without a script; and the scripts nbconvert's
+template would load from a CDN (MathJax, RequireJS for widgets) are left out,
+since the pages need neither.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+from latex2mathml.converter import convert as tex_to_mathml
+from nbconvert import HTMLExporter
+from nbconvert.filters import markdown2html_mistune
+
+from .reference import REFERENCE_DIR, reference_results, results_table
+from .runtime import PROJECT_ROOT
+
+SITE_DIR = PROJECT_ROOT / "build" / "site"
+# $$display$$ or $inline$ math, outside `code`: what the notebooks' Markdown cells hold.
+_CODE_OR_MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
+# <script src="http..."> tags: what would need a network.
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>\s*")
+
+
+def math_as_mathml(markdown: str) -> str:
+    """Markdown with every $...$ and $$...$$ outside code replaced by MathML."""
+    def replace(match: re.Match) -> str:
+        code, display, inline = match.groups()
+        if code is not None:
+            return code
+        if display is not None:
+            return tex_to_mathml(display.strip(), display="block")
+        return tex_to_mathml(inline.strip())
+    return _CODE_OR_MATH.sub(replace, markdown)
+
+
+def notebook_page(path: Path) -> str:
+    """One executed notebook as a standalone HTML page."""
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = math_as_mathml(cell.source)
+    page, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    return _REMOTE_SCRIPT.sub("", page)
+
+
+def index_page(names: list[str], pages: dict[str, list[Path]]) -> str:
+    """The site's first page: the Results table, then every notebook of every reference run."""
+    table = markdown2html_mistune(results_table(reference_results(), link="#{name}"))
+    sections = []
+    for name in names:
+        items = "".join(f'<li><a href="{name}/{page.stem}.html">{html.escape(page.stem)}</a></li>'
+                        for page in pages[name])
+        sections.append(f'<h2 id="{name}">{html.escape(name)}</h2><ul>{items}</ul>')
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>CIFAR-10 with Ranger and one cycle: the reference runs</title>
+<style>body {{ font-family: sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; }}</style>
+</head><body>
+<h1>CIFAR-10 with Ranger and one cycle: the reference runs</h1>
+<p>The notebook series run once and published with its outputs: nothing here was
+trained to build this page. Each run's notebooks follow its row.</p>
+{table}
+{''.join(sections)}
+</body></html>
+"""
+
+
+def build_site(out: Path = SITE_DIR, reference: Path = REFERENCE_DIR) -> list[Path]:
+    """Write the site into `out` (replacing it); returns every page written."""
+    runs = sorted(p for p in reference.iterdir() if p.is_dir() and list(p.glob("*.ipynb"))) \
+        if reference.is_dir() else []
+    if not runs:
+        raise SystemExit(f"No reference run in {reference}: `python -m nbhelpers.reference` makes one.")
+    if out.exists():
+        shutil.rmtree(out)
+    written, pages = [], {}
+    for run in runs:
+        pages[run.name] = sorted(run.glob("*.ipynb"))
+        for notebook in pages[run.name]:
+            target = out / run.name / f"{notebook.stem}.html"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(notebook_page(notebook), encoding="utf-8")
+            written.append(target)
+    (out / "index.html").write_text(index_page([run.name for run in runs], pages), encoding="utf-8")
+    written.append(out / "index.html")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.site", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=SITE_DIR, help=f"where the site goes (default: {SITE_DIR})")
+    args = parser.parse_args(argv)
+    pages = build_site(args.out)
+    size = sum(p.stat().st_size for p in pages)
+    print(f"{len(pages)} pages, {size / 2**20:.1f} MiB, in {args.out}: open {args.out / 'index.html'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The published reference run and its website: tables from the run's numbers, pages that work offline."""
+import base64
+import io
+import json
+import re
+
+import matplotlib
+import nbformat
+import pytest
+
+from nbhelpers import reference as REF
+from nbhelpers import site as SITE
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png() -> str:
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [0, 1])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _reference(root, results):
+    """reference/<name>/ with one executed notebook: math in its prose, a figure in its output."""
+    run = root / results["name"]
+    run.mkdir(parents=True)
+    cell = nbformat.v4.new_code_cell("fig = plot()", execution_count=1, outputs=[
+        nbformat.v4.new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})])
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("Adam: $m_t = \\beta_1 m_{t-1}$, and `$not math$` in code.\n\n"
+                                      "$$r_t = \\sqrt{\\frac{a}{b}}$$"), cell])
+    nbformat.write(notebook, run / "03_train.ipynb")
+    (run / "results.json").write_text(json.dumps(results))
+
+
+RESULTS = {"name": "cpu-demo", "size": "demo", "device": "cpu (a CPU, 2 threads)", "data": "a copy",
+           "epochs": 5, "final_test_acc": 65.97, "best_test_acc": 65.97, "best_epoch": 5,
+           "seconds_per_epoch": 44.0, "series_seconds": 291.0}
+
+
+def test_the_results_table_holds_each_run_and_the_seed_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path)
+    _reference(tmp_path, RESULTS)
+    rows = REF.results_table(REF.reference_results()).splitlines()
+    assert rows[2] == ("| [cpu-demo](reference/cpu-demo/) (demo size; a copy) | cpu (a CPU, 2 threads) | 5 | "
+                       "65.97% | 65.97% (5) | 44.0 s | 4.8 min |")
+    assert rows[3].startswith("| the seed (its Colab notebook) |") and "| 88.39% | 89.21% (55) |" in rows[3]
+
+
+def test_the_readme_table_is_rewritten_between_its_markers_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n## Results\n{REF.RESULTS_START}\nold table\n{REF.RESULTS_END}\n\nafter\n")
+    REF.write_readme_results(readme)
+    text = readme.read_text()
+    assert "old table" not in text and "| 65.97% |" in text and text.endswith("\n\nafter\n")
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="has no Results markers"):
+        REF.write_readme_results(readme)
+
+
+def test_the_site_has_its_figures_inside_its_math_as_mathml_and_nothing_remote(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    pages = SITE.build_site(tmp_path / "site", tmp_path / "reference")
+    assert sorted(p.relative_to(tmp_path / "site").as_posix() for p in pages) == \
+        ["cpu-demo/03_train.html", "index.html"]
+    page = (tmp_path / "site" / "cpu-demo" / "03_train.html").read_text()
+    assert page.count("<math") == 2 and "$not math$" in page and "\\beta_1" not in page
+    assert 'src="data:image/png;base64,' in page
+    for text in (page, (tmp_path / "site" / "index.html").read_text()):
+        assert not re.findall(r'(?:src|href)="https?://', text), "the site must need no network"
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert 'href="cpu-demo/03_train.html"' in index and "65.97%" in index and "88.39%" in index
+
+
+def test_a_site_without_a_reference_run_says_how_to_make_one(tmp_path):
+    with pytest.raises(SystemExit, match="python -m nbhelpers.reference"):
+        SITE.build_site(tmp_path / "site", tmp_path / "nothing")
