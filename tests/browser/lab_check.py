@@ -5,8 +5,8 @@
 Starts JupyterLab on 127.0.0.1 (a random port, a token, a time limit) with its
 own settings (autosave off, so that running a notebook writes nothing into
 it), opens it in headless Chromium driven by Playwright, and for
-notebooks/01_data_exploration and a reduced copy of notebooks/03_train (a
-narrow model, 2,000 images, 2 epochs, parameters injected by papermill):
+notebooks/01_data_exploration and a reduced copy of notebooks/03_train (the
+tests' size, `size=tiny`, injected by papermill):
 - checks that the notebook opens unmodified (01; the copy is papermill's);
 - waits until the kernel is ready, then runs all cells (Run All any earlier
   opens a kernel dialog);
@@ -50,8 +50,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # nothing that reaches out to the network on its own.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-REDUCED_03 = dict(num_epochs=2, backbone_out_channels=16, hidden_size=32, train_subset=2000,
-                  test_subset=500)
+REDUCED_03 = dict(size="tiny")  # nbhelpers.sizes: a narrow model, 2 epochs, 1,000 images
 # The user settings JupyterLab starts with: no autosave (a run must not write into the
 # notebook), no news or update pop-ups over the page.
 LAB_SETTINGS = {
