@@ -102,21 +102,34 @@ def class_examples(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     return fig
 
 
-def class_balance(counts: dict[str, Sequence[int]], classes: Sequence[str]) -> Figure:
-    """Images per class for each split, as grouped bars."""
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+def class_balance(counts: dict[str, Sequence[int]], classes: Sequence[str],
+                  per_batch: torch.Tensor) -> Figure:
+    """Each class's share of each split, and how many of each class one epoch's batches hold.
+
+    `counts`: images per class for each split; `per_batch`: (batches, classes) counts of
+    one shuffled epoch. The splits' bars are all equal on a balanced dataset; the batches' are not.
+    """
+    fig, (share_ax, batch_ax) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.2]})
     width = 0.8 / len(counts)
     x = np.arange(len(classes))
     for i, (split, values) in enumerate(counts.items()):
-        bars = ax.bar(x + i * width, values, width, label=split)
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(x + width * (len(counts) - 1) / 2, classes, rotation=30)
-    ax.set_xlabel("class")
-    ax.set_ylabel("images")
-    ax.set_title("Images per class")
-    # Headroom above the bars for the legend, so that it covers none of them.
-    ax.set_ylim(0, 1.25 * max(max(values) for values in counts.values()))
-    ax.legend(ncols=len(counts), loc="upper right")
+        shares = 100 * np.asarray(values) / sum(values)
+        share_ax.bar(x + i * width, shares, width, label=f"{split} ({sum(values):,} images)")
+    share_ax.axhline(100 / len(classes), color="black", linewidth=0.8, linestyle="--")
+    share_ax.set_xticks(x + width * (len(counts) - 1) / 2, classes, rotation=30)
+    share_ax.set_ylabel("share of the split (%)")
+    share_ax.set_title("Each class's share of each split")
+    share_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=len(counts))
+    batch_size = int(per_batch.sum(dim=1).max())
+    batch_ax.boxplot(per_batch.numpy(), whis=(0, 100), widths=0.6)
+    batch_ax.axhline(batch_size / len(classes), color="black", linewidth=0.8, linestyle="--",
+                     label=f"{batch_size} / {len(classes)}: a perfectly balanced batch")
+    batch_ax.set_xticks(x + 1, classes, rotation=30)
+    batch_ax.set_ylabel(f"images in a batch of {batch_size}")
+    batch_ax.set_title(f"The same classes in one shuffled epoch's {len(per_batch)} batches")
+    batch_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    for ax in (share_ax, batch_ax):
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
 
@@ -131,19 +144,46 @@ def _per_epoch_axes(axes, titles: Sequence[str], ylabels: Sequence[str]) -> None
         ax.grid(alpha=0.3)
 
 
-def training_curves(history: Sequence[dict[str, float]]) -> Figure:
-    """Loss, accuracy and learning rate per epoch, for every split measured."""
+def steps_per_epoch_of(steps: Sequence[dict[str, float]]) -> int:
+    """The number of training steps in an epoch, from steps.csv's rows (its first epoch's last step)."""
+    return int(max(row["step"] for row in steps if row["epoch"] == 1))
+
+
+def training_curves(history: Sequence[dict[str, float]], steps: Sequence[dict[str, float]] = (),
+                    lrs: Sequence[float] = (), steps_per_epoch: int | None = None) -> Figure:
+    """Loss, accuracy and learning rate against the epoch, for every split measured.
+
+    With `steps` (steps.csv's rows) the training loss is drawn every few steps,
+    not once per epoch; with `lrs` (one per step, nbhelpers.train.schedule_trace)
+    and `steps_per_epoch` the learning rate panel is exact. The per-epoch values
+    sit at the end of their epoch.
+    """
     epochs = [row["epoch"] for row in history]
     splits = [s for s in ("train", "val", "test") if f"{s}_loss" in history[0]]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    if steps:
+        per_epoch = steps_per_epoch or steps_per_epoch_of(steps)
+        axes[0].plot([row["step"] / per_epoch for row in steps], [row["train_loss"] for row in steps],
+                     linewidth=0.8, alpha=0.8, color="tab:blue", label="train (every few steps)")
     for split in splits:
-        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], marker=".", label=split)
+        by_step = split == "train" and bool(steps)
+        style = dict(marker="o", linestyle="none", color="tab:blue") if by_step else dict(marker=".")
+        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history],
+                     label="train (epoch mean)" if by_step else split, **style)
         axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", label=split)
-    axes[2].plot(epochs, [r["lr"] for r in history], marker=".", color="tab:purple")
-    _per_epoch_axes(axes, ("Loss", "Accuracy", "Learning rate (first step of each epoch)"),
+    if lrs and steps_per_epoch:
+        axes[2].plot(np.arange(len(lrs)) / steps_per_epoch, lrs, color="tab:purple")
+        lr_title = "Learning rate (every step)"
+    else:
+        axes[2].plot(epochs, [r["lr"] for r in history], marker=".", color="tab:purple")
+        lr_title = "Learning rate (first step of each epoch)"
+    _per_epoch_axes(axes, ("Loss", "Accuracy", lr_title),
                     ("cross-entropy (nats per image)", "accuracy (%)", "learning rate"))
-    axes[0].legend()
-    axes[1].legend()
+    last_epoch = len(lrs) / steps_per_epoch if lrs and steps_per_epoch else max(epochs)
+    for ax in axes:
+        ax.set_xlim(0, last_epoch * 1.03)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     last = history[-1]
     axes[1].annotate(f"final test {last['test_acc']:.2f}%", (last["epoch"], last["test_acc"]),
                      textcoords="offset points", xytext=(-90, -25), fontsize=8,
@@ -152,17 +192,34 @@ def training_curves(history: Sequence[dict[str, float]]) -> Figure:
     return fig
 
 
-def learning_rate_schedules(schedules: dict[str, Sequence[float]], steps_per_epoch: int) -> Figure:
-    """Learning rate against epochs for several schedules (e.g. per batch vs the seed's per epoch)."""
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+def learning_rate_schedules(schedules: dict[str, Sequence[float]], steps_per_epoch: int,
+                            magnify: str | None = None) -> Figure:
+    """Learning rate against epochs for several schedules (e.g. per batch vs the seed's per epoch).
+
+    `magnify` names a schedule drawn again on its own in a second panel, on an axis
+    fitted to its values: a line that hugs the floor beside the others becomes readable.
+    """
+    fig, axes = plt.subplots(1, 2 if magnify else 1, figsize=(13 if magnify else 8, 3.4), squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = dict(zip(schedules, palette))
     for label, rates in schedules.items():
-        ax.plot(np.arange(len(rates)) / steps_per_epoch, rates, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title("OneCycleLR, stepped " + " vs ".join(schedules) if len(schedules) > 1
-                 else f"OneCycleLR, stepped {next(iter(schedules))}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        axes[0, 0].plot(np.arange(len(rates)) / steps_per_epoch, rates, label=label, color=colors[label])
+    axes[0, 0].set_title("OneCycleLR, stepped " + " vs ".join(schedules))
+    axes[0, 0].legend(fontsize=8)
+    if magnify:
+        rates, zoom = schedules[magnify], axes[0, 1]
+        epochs = np.arange(len(rates)) / steps_per_epoch
+        zoom.plot(epochs, rates, color=colors[magnify])
+        for x, y, where, offset in ((epochs[0], rates[0], "start", (10, -4)),
+                                    (epochs[-1], rates[-1], "end", (-75, 6))):
+            zoom.annotate(f"{where}: {y:.4f}", (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+        span = max(rates) - min(rates)
+        zoom.set_ylim(min(rates) - 0.3 * span, max(rates) + 0.3 * span)
+        zoom.set_title(f"{magnify}, magnified (its own y axis)")
+    for ax in axes.flat:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -254,34 +311,142 @@ def one_cycle(traces: dict[str, dict[str, Sequence[float]]], steps_per_epoch: in
     return fig
 
 
-def run_comparison(runs: Sequence) -> Figure:
-    """Training loss, test loss and test accuracy per epoch of several runs, overlaid.
-
-    `runs` are nbhelpers.compare.RunSummary: the colour follows the first parameter that
-    differs between them (e.g. the optimizer), the line style the second (e.g. the schedule).
-    """
-    varying = list(runs[0].varying) if runs and runs[0].varying else []
+def _looks(settings: Sequence) -> dict[str, dict]:
+    """A colour per value of the first parameter that differs, a line style per value of the second."""
+    varying = list(settings[0].varying) if settings and settings[0].varying else []
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ("-", "--", ":", "-.")
 
-    def index_of(name: str | None, run) -> int:
+    def index_of(name: str | None, setting) -> int:
         if name is None:
-            return runs.index(run)
-        values = list(dict.fromkeys(str(r.varying[name]) for r in runs))
-        return values.index(str(run.varying[name]))
+            return list(settings).index(setting)
+        values = list(dict.fromkeys(str(s.varying[name]) for s in settings))
+        return values.index(str(setting.varying[name]))
 
     color_by = varying[0] if varying else None
     style_by = varying[1] if len(varying) > 1 else None
+    return {s.label: dict(color=palette[index_of(color_by, s) % len(palette)],
+                          linestyle=styles[index_of(style_by, s) % len(styles)] if style_by else "-")
+            for s in settings}
+
+
+def _seeds(setting) -> str:
+    return f"{len(setting.runs)} seed" + ("s" if len(setting.runs) > 1 else "")
+
+
+def _mean_and_spread(rows_per_run: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over runs (cut to the shortest run; no spread for one run)."""
+    length = min(len(rows) for rows in rows_per_run)
+    values = np.array([rows[:length] for rows in rows_per_run], dtype=float)
+    spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(length)
+    return values.mean(axis=0), spread
+
+
+def _curves_of(setting) -> list[tuple[list[float], list[list[float]], bool]]:
+    """(x in epochs, one list of values per run, per step?) for the three panels of run_comparison."""
+    runs = setting.runs
+    if all(run.steps for run in runs):
+        per_epoch = steps_per_epoch_of(runs[0].steps)
+        training = ([row["step"] / per_epoch for row in runs[0].steps],
+                    [[row["train_loss"] for row in run.steps] for run in runs], True)
+    else:  # run folders from before steps.csv existed
+        training = ([row["epoch"] for row in runs[0].history],
+                    [[row["train_loss"] for row in run.history] for run in runs], False)
+    epochs = [row["epoch"] for row in runs[0].history]
+    return [training] + [(epochs, [[row[key] for row in run.history] for run in runs], False)
+                         for key in ("test_loss", "test_acc")]
+
+
+def run_comparison(settings: Sequence) -> Figure:
+    """Training loss every few steps, test loss and test accuracy per epoch, for each setting.
+
+    `settings` are nbhelpers.compare.Setting: each line is the mean over the
+    setting's seeds, the band around it +- one standard deviation. The training
+    loss comes from steps.csv (per epoch from history.csv where a run has none).
+    """
+    looks = _looks(settings)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for run in runs:
-        epochs = [row["epoch"] for row in run.history]
-        look = dict(color=palette[index_of(color_by, run) % len(palette)], marker=".",
-                    linestyle=styles[index_of(style_by, run) % len(styles)] if style_by else "-")
-        for ax, key in zip(axes, ("train_loss", "test_loss", "test_acc")):
-            ax.plot(epochs, [row[key] for row in run.history], label=run.label, **look)
-    _per_epoch_axes(axes, ("Training loss", "Test loss", "Test accuracy"),
+    for setting in settings:
+        look = looks[setting.label]
+        for ax, (x, rows, per_step) in zip(axes, _curves_of(setting)):
+            mean, spread = _mean_and_spread(rows)
+            x = np.asarray(x[:len(mean)])
+            ax.plot(x, mean, label=f"{setting.label} ({_seeds(setting)})",
+                    linewidth=0.9 if per_step else 1.3, marker=None if per_step else ".", **look)
+            ax.fill_between(x, mean - spread, mean + spread, color=look["color"], alpha=0.15, linewidth=0)
+    _per_epoch_axes(axes, ("Training loss (every few steps)", "Test loss (after each epoch)",
+                           "Test accuracy (after each epoch)"),
                     ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)"))
-    axes[2].legend(fontsize=8, title=", ".join(varying) or None, title_fontsize=8,
+    names = ", ".join(settings[0].varying) if settings and settings[0].varying else "setting"
+    axes[2].legend(fontsize=8, title=f"{names}: mean over seeds, band +- sd", title_fontsize=8,
                    loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not on them
+    fig.tight_layout()
+    return fig
+
+
+def setting_accuracies(settings: Sequence) -> Figure:
+    """Each setting's final test accuracy: every seed a dot, the mean +- one sd a black bar."""
+    looks = _looks(settings)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(settings) + 1.5))
+    for row, setting in enumerate(settings):
+        ax.scatter(setting.finals, [row] * len(setting.finals), color=looks[setting.label]["color"],
+                   alpha=0.7, s=28, zorder=3)
+        spread = 0 if np.isnan(setting.spread) else setting.spread
+        ax.errorbar(setting.mean, row, xerr=spread, fmt="|", color="black", markersize=14, capsize=5,
+                    zorder=4)
+    ax.set_yticks(range(len(settings)), [f"{s.label} ({_seeds(s)})" for s in settings])
+    ax.invert_yaxis()
+    ax.set_xlabel("final test accuracy (%)")
+    ax.set_title("Final test accuracy: each seed (dots), mean +- one standard deviation (black)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def gradient_centralization(effects: Sequence) -> Figure:
+    """What gradient centralization does to real gradients: a row per nbhelpers.compare.Centralization.
+
+    Left: the mean of each output channel's gradient, before and after GC. Right:
+    the share of each channel's gradient (its squared norm) that GC removes.
+    """
+    fig, axes = plt.subplots(len(effects), 2, figsize=(13, 3.1 * len(effects)), squeeze=False)
+    for (mean_ax, share_ax), effect in zip(axes, effects):
+        channels = np.arange(len(effect.mean_before))
+        mean_ax.bar(channels, effect.mean_before.numpy(), color="tab:blue", label="before GC")
+        mean_ax.plot(channels, effect.mean_after.numpy(), "o", color="tab:orange", markersize=3,
+                     label="after GC")
+        mean_ax.axhline(0, color="black", linewidth=0.6)
+        mean_ax.set_ylabel("mean of its gradient")
+        mean_ax.set_title(f"{effect.parameter}: each output channel's mean gradient", fontsize=10)
+        mean_ax.legend(fontsize=8)
+        share_ax.bar(channels, 100 * effect.removed.numpy(), color="tab:green")
+        share_ax.set_ylabel("share removed (%)")
+        share_ax.set_title("The share of each channel's gradient (squared norm) GC removes", fontsize=10)
+        for ax in (mean_ax, share_ax):
+            ax.set_xlabel("output channel")
+            ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def effective_step(schedules: dict[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+    """The schedule's learning rate and what RAdam's r_t lets through of it (lr x r_t).
+
+    `schedules`: {label: (lr per step, lr x r_t per step)}. The x axis is the share
+    of the run, so that runs of different lengths line up (OneCycleLR peaks at 30% of each).
+    """
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (label, (lrs, effective)), color in zip(schedules.items(), palette):
+        share = np.arange(1, len(lrs) + 1) / len(lrs)
+        ax.plot(share, lrs, linestyle="--", linewidth=0.9, color=color, label=f"{label}: lr")
+        ax.plot(share, effective, color=color, label=f"{label}: lr x r_t")
+        peak = int(np.argmax(lrs))
+        ax.plot(share[peak], effective[peak], "o", color=color)
+    ax.set_xlabel("share of the run's steps")
+    ax.set_ylabel("learning rate")
+    ax.set_title("The step Adam's update really gets: the schedule's lr times RAdam's r_t")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
