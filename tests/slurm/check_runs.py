@@ -17,8 +17,10 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from nbhelpers.config import TrainConfig, make_config
 from nbhelpers.runs import CHECKPOINT, CONFIG, HISTORY, WEIGHTS
 from nbhelpers.sweep import Entry, make_sweep
 
@@ -59,10 +61,16 @@ def finished(entry: Entry) -> list[str]:
     problems = []
     if entry.state() != "finished":
         problems.append(f"{entry.name}: state {entry.state()!r}, not finished")
-    epochs = len(history_rows(entry))
-    if epochs != entry.parameters["num_epochs"]:
-        problems.append(f"{entry.name}: {epochs} epochs in history.csv, not {entry.parameters['num_epochs']}")
+    epochs, planned = len(history_rows(entry)), planned_epochs(entry)
+    if epochs != planned:
+        problems.append(f"{entry.name}: {epochs} epochs in history.csv, not {planned}")
     return problems
+
+
+def planned_epochs(entry: Entry) -> int:
+    """The entry's num_epochs: its own, or its size's (nbhelpers.sizes)."""
+    training = {f.name for f in fields(TrainConfig)}
+    return make_config(**{k: v for k, v in entry.parameters.items() if k in training}).num_epochs
 
 
 def started(entry: Entry, resumes: int) -> list[str]:
