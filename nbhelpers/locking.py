@@ -56,6 +56,10 @@ class FolderInUse(ExplainedError, RuntimeError):
         self.holder = holder
 
 
+class FolderNotWritable(ExplainedError, OSError):
+    """The folder cannot be made, or its lock file cannot be written."""
+
+
 def holder_of(folder: Path) -> str:
     """Who holds (or last held) the folder's lock: "host h, pid 123, since 2026-11-30 10:15:02"."""
     try:
@@ -71,9 +75,13 @@ def folder_lock(folder: Path, what: str = "folder") -> Iterator[None]:
     `what` names the folder in the message ("run folder", "sweep entry").
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # "a" creates the file without truncating what the holder wrote into it.
-    handle = open(folder / LOCK, "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # "a" creates the file without truncating what the holder wrote into it.
+        handle = open(folder / LOCK, "a+")
+    except OSError as exc:  # a read-only disk, a folder of someone else's, a file in the way
+        raise FolderNotWritable(f"The {what} {folder} cannot be created or written "
+                                f"({exc.strerror or exc}): use a folder you can write.") from None
     try:
         _try_lock(handle)
     except OSError:

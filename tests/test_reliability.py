@@ -283,6 +283,16 @@ def test_a_folder_that_cannot_be_written_is_not_called_full(tmp_path, monkeypatc
     assert "cannot be written" in message and "Make it writable" in message and "Make room" not in message
 
 
+def test_a_run_dir_that_cannot_be_created_says_so_in_one_line(synthetic_data, tmp_path, monkeypatch):
+    from nbhelpers.locking import FolderNotWritable
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(FolderNotWritable, match=r"cannot be created or written \(Permission denied\)"):
+        T.fit(data=synthetic_data, run_dir=tmp_path / "new", num_epochs=1, **TINY)
+
+
 def test_asking_for_a_device_that_is_not_there_says_so(monkeypatch):
     from nbhelpers.runtime import pick_device
     monkeypatch.setenv("NBHELPERS_DEVICE", "cuda")
