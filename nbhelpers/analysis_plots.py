@@ -130,28 +130,38 @@ def branch_weight_distributions(trained: torch.Tensor, untrained: torch.Tensor,
     return fig
 
 
-def class_branch_heatmaps(per_class: torch.Tensor, classes: Sequence[str]) -> Figure:
-    """Mean branch weight per true class, one heatmap per block (blocks, classes, branches).
+def class_branch_heatmaps(per_class: torch.Tensor, standard_errors: torch.Tensor,
+                          classes: Sequence[str]) -> Figure:
+    """How each class's mean branch weight differs from the branch's mean, one heatmap per block.
 
-    Every block has its own colour scale (dark = a larger weight), since the
-    blocks' weights differ in size; the numbers in the cells are the weights.
+    `per_class` and `standard_errors` are (blocks, classes, branches). The colour
+    and the number in a cell are the class's mean weight minus the mean of
+    that column over the classes, on a scale centred on 0 (red above, blue
+    below) and symmetric per block: a scale from 0 would spend its colours on
+    the difference between branches and leave the differences between classes,
+    the question here, invisible. Each column's tick gives the branch's mean;
+    each title the largest standard error of a cell, the noise to read the
+    differences against.
     """
     blocks, _, branches = per_class.shape
-    fig, axes = plt.subplots(1, blocks, figsize=(3.0 * blocks + 1.5, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, blocks, figsize=(3.6 * blocks + 1.5, 4.8), squeeze=False)
     for block, ax in enumerate(axes[0]):
-        values = per_class[block].numpy()
-        image = ax.imshow(values, cmap="Blues", aspect="auto")
-        middle = (values.min() + values.max()) / 2
-        for (row, col), value in np.ndenumerate(values):
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > middle else "black")
-        ax.set_xticks(range(branches), [str(b) for b in range(branches)])
-        ax.set_xlabel("branch")
+        values = per_class[block].double()
+        column_means = values.mean(dim=0)
+        deviations = (values - column_means).numpy()
+        reach = max(float(np.abs(deviations).max()), 1e-12)
+        image = ax.imshow(deviations, cmap="RdBu_r", vmin=-reach, vmax=reach, aspect="auto")
+        for (row, col), value in np.ndenumerate(deviations):
+            ax.text(col, row, f"{value:+.3f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 * reach else "black")
+        ax.set_xticks(range(branches), [f"{b}\n{column_means[b]:+.3f}" for b in range(branches)], fontsize=8)
+        ax.set_xlabel("branch (below it: its mean a)", fontsize=9)
         ax.set_yticks(range(len(classes)), classes if block == 0 else [])
-        ax.set_title(f"block {block}")
-        fig.colorbar(image, ax=ax, fraction=0.08, label="mean weight a (no unit)")
+        ax.set_title(f"block {block}\n(standard error of a cell up to {float(standard_errors[block].max()):.3f})",
+                     fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.08, label="class mean minus branch mean" if block == blocks - 1 else None)
     axes[0, 0].set_ylabel("true class")
-    fig.suptitle("Mean branch weight per class")
+    fig.suptitle("Mean branch weight per class, as a difference from the branch's mean over all classes")
     fig.tight_layout()
     return fig
 
@@ -186,23 +196,201 @@ def weight_extremes(rows: Sequence[dict], classes: Sequence[str], size: float = 
     return fig
 
 
-def ablation_bars(rows: Sequence, chance: float) -> Figure:
-    """Test accuracy with each change of the ablation (rows of nbhelpers.branches.ablation)."""
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.4))
-    names = [row.change for row in rows]
-    values = [row.accuracy for row in rows]
-    colors = ["0.4" if row.change == "as trained" else
-              "tab:blue" if "mean weights" in row.change else "tab:orange" for row in rows]
-    bars = ax.barh(names, values, color=colors)
-    ax.bar_label(bars, [f"{row.accuracy:.1f}% ({row.difference:+.1f} pp)" for row in rows],
-                 fontsize=7, padding=2)
-    ax.axvline(rows[0].baseline, color="0.3", linestyle="--", linewidth=1, label="as trained")
-    ax.axvline(chance, color="tab:red", linestyle=":", linewidth=1, label=f"chance ({chance:.0f}%)")
-    ax.invert_yaxis()  # in the table's order, from the top
-    ax.set_xlim(0, max(values) * 1.25)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title("Ablation: per-image weights replaced by their mean (blue), a branch removed (orange)",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+def ablation_differences(rows: Sequence) -> Figure:
+    """Each ablation's difference from the model as trained, with its 95% interval (nbhelpers.branches).
+
+    Two panels, each on an axis centred on 0: the fixed mixtures (per-image
+    weights replaced by their mean) and the removed branches, whose effects
+    can be a hundred times larger. A filled dot: the interval excludes 0 (a
+    real difference); a hollow one: it includes 0 (a tie).
+    """
+    groups = [("per-image weights replaced by their mean", "tab:blue",
+               [row for row in rows if "mean weights" in row.change]),
+              ("one branch removed", "tab:orange",
+               [row for row in rows if "without branch" in row.change])]
+    groups = [group for group in groups if group[2]]
+    heights = [len(group[2]) for group in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8.5, 0.34 * sum(heights) + 1.2 * len(groups) + 0.6),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (title, color, members) in zip(axes[:, 0], groups):
+        y = np.arange(len(members))
+        points = np.array([row.difference.points for row in members])
+        low = np.array([row.difference.low for row in members])
+        high = np.array([row.difference.high for row in members])
+        ax.errorbar(points, y, xerr=[points - low, high - points], fmt="none", ecolor=color,
+                    elinewidth=1.5, capsize=3)
+        real = np.array([row.difference.is_real for row in members])
+        ax.scatter(points[real], y[real], color=color, zorder=3, label="interval excludes 0: real")
+        ax.scatter(points[~real], y[~real], facecolor="white", edgecolor=color, zorder=3,
+                   label="interval includes 0: a tie")
+        reach = max(np.abs(low).max(), np.abs(high).max(), 0.5) * 1.1
+        ax.set_xlim(-reach, reach)
+        ax.axvline(0, color="0.3", linewidth=1)
+        ax.set_yticks(y, [row.change for row in members], fontsize=8)
+        ax.invert_yaxis()  # in the table's order, from the top
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(title, fontsize=10)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("difference in test accuracy from the model as trained (points, 95% interval)")
+    fig.suptitle(f"Ablation against the model as trained ({rows[0].baseline:.2f}%)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(table) -> Figure:
+    """How sure the model is against how often it is right (nbhelpers.evaluation.calibration).
+
+    Top: per confidence bin, the share of its images predicted right (bars)
+    and the diagonal a calibrated model would follow; bars below the
+    diagonal are overconfidence. Bottom: how many images each bin holds.
+    """
+    edges = table.edges.numpy()
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    filled = (table.counts > 0).numpy()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1.3]})
+    top.bar(centres[filled], table.accuracy.numpy()[filled], width[filled], color="tab:blue",
+            edgecolor="white", label="share right in the bin")
+    top.scatter(table.confidence.numpy()[filled], table.accuracy.numpy()[filled], color="black", s=12,
+                zorder=3, label="at the bin's mean confidence")
+    top.plot([0, 1], [0, 1], color="tab:red", linestyle="--", label="calibrated: right as often as sure")
+    top.set_ylim(0, 1)
+    top.set_ylabel("share predicted right")
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    top.set_title(f"Reliability diagram (expected calibration error "
+                  f"{table.expected_calibration_error:.2f} points)", fontsize=10)
+    bars = bottom.bar(centres, table.counts.numpy(), width, color="0.6", edgecolor="white")
+    bottom.bar_label(bars, [f"{count:,}" for count in table.counts.tolist()], fontsize=7)
+    bottom.set_ylim(0, table.counts.max().item() * 1.3 + 1)
+    bottom.set_ylabel("test images")
+    bottom.set_xlabel("confidence: the model's top class probability")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    ax.set_xticks(list(epochs))
+    ax.set_xlim(min(epochs) - 0.2, max(epochs) + 0.2)
+    ax.grid(alpha=0.3)
+
+
+def branch_weights_by_epoch(history) -> Figure:
+    """One run's branch weights through training (nbhelpers.branches.BranchHistory), a column per block.
+
+    Top: each branch's mean weight a; bottom: its share of the block's mean |a|.
+    Epoch 0 is the untrained model.
+    """
+    epochs = history.epochs
+    _, blocks, branches = history.mean.shape
+    fig, axes = plt.subplots(2, blocks, figsize=(3.8 * blocks, 5.6), sharex=True, squeeze=False)
+    for block in range(blocks):
+        for branch in range(branches):
+            color = BRANCH_COLORS[branch % len(BRANCH_COLORS)]
+            axes[0, block].plot(epochs, history.mean[:, block, branch].numpy(), marker="o", color=color,
+                                label=f"branch {branch}")
+            axes[1, block].plot(epochs, 100 * history.shares[:, block, branch].numpy(), marker="o",
+                                color=color)
+        axes[0, block].axhline(0, color="black", linewidth=0.6)
+        axes[0, block].set_title(f"block {block}")
+        axes[1, block].set_ylim(0, 100)
+        axes[1, block].set_xlabel("epoch (0: untrained)")
+        for ax in axes[:, block]:
+            _epoch_axis(ax, epochs)
+    axes[0, 0].set_ylabel("mean weight a")
+    axes[1, 0].set_ylabel("share of the block's\nmean |a| (%)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Branch weights through training (the same test images at every epoch)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Notebook 06: the mixings side by side (groups of nbhelpers.branches.read_mixing_runs)
+# --------------------------------------------------------------------------
+
+MIXING_COLORS = {"seed": "tab:red", "softmax": "tab:blue", "sigmoid": "tab:green", "equal": "0.45"}
+SEED_STYLES = ("-", "--", ":", "-.")
+
+
+def mixing_accuracy(groups: dict) -> Figure:
+    """Final test accuracy per mixing: a dot per seed, the mean ± spread (standard deviation) as a bar."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for x, (mixing, runs) in enumerate(groups.items()):
+        values = np.array([run.final_acc for run in runs])
+        color = MIXING_COLORS.get(mixing, "tab:purple")
+        ax.scatter(np.full(len(values), x) + np.linspace(-0.12, 0.12, len(values)), values, color=color,
+                   alpha=0.6, s=22, label="a seed" if x == 0 else None)
+        if len(values) > 1:
+            ax.errorbar(x + 0.3, values.mean(), yerr=values.std(ddof=1), fmt="s", color=color, capsize=5,
+                        label="mean ± spread" if x == 0 else None)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_xlim(-0.5, len(groups) - 0.3)
+    ax.set_xlabel("mixing")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Test accuracy per mixing, over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mixing_effective_branches(groups: dict) -> Figure:
+    """The effective number of branches of every block through training, one line per mixing.
+
+    A thin line per seed, a thick one for their mean; epoch 0 is the untrained model.
+    """
+    first = next(iter(groups.values()))[0].history
+    blocks, branches = first.mean.shape[1], first.mean.shape[2]
+    fig, axes = plt.subplots(1, blocks, figsize=(3.9 * blocks, 3.6), sharey=True, squeeze=False)
+    for block, ax in enumerate(axes[0]):
+        for mixing, runs in groups.items():
+            color = MIXING_COLORS.get(mixing, "tab:purple")
+            curves = np.stack([run.history.effective[:, block].numpy() for run in runs])
+            epochs = runs[0].history.epochs
+            for curve in curves:
+                ax.plot(epochs, curve, color=color, linewidth=0.8, alpha=0.45)
+            ax.plot(epochs, curves.mean(axis=0), color=color, linewidth=2.2, marker="o", label=mixing)
+        ax.set_ylim(0.9, branches + 0.1)
+        ax.set_title(f"block {block}")
+        ax.set_xlabel("epoch (0: untrained)")
+        _epoch_axis(ax, first.epochs)
+    axes[0, 0].set_ylabel("effective number of branches\n(1: one branch, 3: all alike)")
+    axes[0, -1].legend(fontsize=8, title="mixing (thin: each seed)", title_fontsize=8)
+    fig.suptitle("How many branches each mixing uses, through training")
+    fig.tight_layout()
+    return fig
+
+
+def mixing_weights_by_epoch(groups: dict) -> Figure:
+    """Each block's mean branch weights a through training: a row per mixing, a column per block.
+
+    Colour: the branch; line style: the seed (solid the first). Each row has
+    its own scale, since the mixings' weights differ in size (softmax's sum to
+    one, sigmoid's lie in 0..1, the seed's are unbounded).
+    """
+    first = next(iter(groups.values()))[0].history
+    blocks, branches = first.mean.shape[1], first.mean.shape[2]
+    fig, axes = plt.subplots(len(groups), blocks, figsize=(3.7 * blocks, 2.5 * len(groups) + 0.8),
+                             sharex=True, sharey="row", squeeze=False)
+    for row, (mixing, runs) in enumerate(groups.items()):
+        for block in range(blocks):
+            ax = axes[row, block]
+            for index, run in enumerate(runs):
+                for branch in range(branches):
+                    ax.plot(run.history.epochs, run.history.mean[:, block, branch].numpy(),
+                            color=BRANCH_COLORS[branch % len(BRANCH_COLORS)],
+                            linestyle=SEED_STYLES[index % len(SEED_STYLES)], marker=".",
+                            label=f"branch {branch}" if index == 0 else None)
+            ax.axhline(0, color="black", linewidth=0.6)
+            _epoch_axis(ax, first.epochs)
+            if row == 0:
+                ax.set_title(f"block {block}")
+        axes[row, 0].set_ylabel(f"{mixing}\nmean weight a")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch (0: untrained)")
+    axes[0, -1].legend(fontsize=7, loc="best")
+    fig.suptitle("Mean branch weights through training (line style: the seed, solid the first)")
     fig.tight_layout()
     return fig

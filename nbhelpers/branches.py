@@ -1,14 +1,22 @@
 """What the branch mixing learns: the per-image weights of every block, and an ablation.
 
-Each block of the model mixes its conv branches with weights
-a = LeakyReLU(Linear(spatial mean of the block's input)), one per image and
-branch. This module reads those weights over a whole split and answers two
-questions with test accuracy:
+Each block of the model mixes its conv branches with weights a, one per image
+and branch, computed from the spatial mean of the block's input (the seed's
+a = LeakyReLU(Linear(mean)); nbhelpers.model.MIXINGS lists the others). This
+module reads those weights over a whole split and measures, without a threshold:
 
-- does the mixing need to be *per image*? Replace a block's per-image weights
-  by their mean over the split (one fixed mixture for every image);
-- does the block use every branch? Remove one branch (its weight set to 0,
-  which computes exactly the model built without that branch).
+- how much each branch is used: its share of its block's mean |a|, and from
+  the shares the *effective number of branches* (1 when one branch takes all,
+  3 when three share equally);
+- how they moved during training (a run's branch_weights.csv, epoch 0 the
+  untrained model);
+- whether the mixing needs to be *per image*: a block's per-image weights
+  replaced by their mean over the split (one fixed mixture for every image);
+- what each branch is worth: the block without it (its weight set to 0, which
+  computes exactly the model built without that branch).
+
+Each ablation is a difference in test accuracy with a 95% paired-bootstrap
+interval (nbhelpers.evaluation.paired_difference): real when it excludes 0.
 
     weights = collect_branch_weights(model, test)        # (blocks, images, branches)
     rows = ablation(model, test, weights.mean(dim=1))
@@ -21,14 +29,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .config import TrainConfig
-from .data import Split
-from .evaluation import accuracy, infer
-from .model import MixingOverride, Model
+from .config import TrainConfig, make_config
+from .data import CifarLoader, Split
+from .errors import ExplainedError
+from .evaluation import Difference, infer, paired_difference
+from .model import MIXINGS, MixingOverride, Model
 
 
 @contextlib.contextmanager
@@ -87,6 +99,34 @@ def mean_weight_per_class(weights: torch.Tensor, labels: torch.Tensor,
     return torch.stack([weights[:, labels == c].mean(dim=1) for c in range(num_classes)], dim=1)
 
 
+def standard_error_per_class(weights: torch.Tensor, labels: torch.Tensor,
+                             num_classes: int) -> torch.Tensor:
+    """How far each class's mean weight may lie from the truth by chance: std / sqrt(images), per cell."""
+    labels = labels.cpu()
+    return torch.stack([weights[:, labels == c].std(dim=1) / (labels == c).sum().sqrt()
+                        for c in range(num_classes)], dim=1)
+
+
+def describe_class_differences(per_class: torch.Tensor, standard_errors: torch.Tensor,
+                               classes: tuple[str, ...] | list[str]) -> str:
+    """Per block, the branch whose class means lie furthest apart: its highest and lowest class.
+
+    The gap is also given in standard errors (of the difference of the two
+    means), so that it can be read against the noise of the test images.
+    """
+    lines = []
+    for block in range(per_class.shape[0]):
+        gaps = per_class[block].max(dim=0).values - per_class[block].min(dim=0).values
+        branch = int(gaps.argmax())
+        column, errors = per_class[block, :, branch], standard_errors[block, :, branch]
+        high, low = int(column.argmax()), int(column.argmin())
+        noise = float((errors[high] ** 2 + errors[low] ** 2).sqrt())
+        lines.append(f"block {block}, branch {branch}: highest {classes[high]} ({column[high]:+.3f}), lowest "
+                     f"{classes[low]} ({column[low]:+.3f}): a gap of {gaps[branch]:.3f}, "
+                     f"{gaps[branch] / noise if noise > 0 else float('inf'):.0f} standard errors")
+    return "\n".join(lines)
+
+
 def most_extreme_images(weights: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the `count` images with the lowest and the highest weight, lowest/highest first.
 
@@ -130,19 +170,169 @@ def initial_model(config: TrainConfig, num_classes: int = 10) -> Model:
 
 
 # --------------------------------------------------------------------------
+# How much each branch is used, without a threshold
+# --------------------------------------------------------------------------
+
+def weight_shares(mean_abs: torch.Tensor) -> torch.Tensor:
+    """Each branch's share (0..1) of its block's mean |a|: `mean_abs` (..., branches) over its sum.
+
+    The weights of the seed's mixing are not normalized and can be slightly
+    negative, so the share is taken of their size: a branch whose weight sits
+    near -0.01 for every image gets a share near 0 whatever its sign.
+    """
+    return mean_abs / mean_abs.sum(dim=-1, keepdim=True)
+
+
+def shares_of(weights: torch.Tensor) -> torch.Tensor:
+    """The shares of collected weights (blocks, images, branches): (blocks, branches)."""
+    return weight_shares(weights.abs().mean(dim=1))
+
+
+def effective_branches(shares: torch.Tensor) -> torch.Tensor:
+    """The effective number of branches a block uses: 1 / sum of the squared shares (over the last dim).
+
+    No threshold decides what counts as "in use": equal shares among k
+    branches give exactly k, one branch taking everything gives 1, and shares
+    of 0.9, 0.05, 0.05 give about 1.2 (ecology's inverse Simpson index,
+    physics' participation ratio).
+    """
+    return 1 / (shares ** 2).sum(dim=-1)
+
+
+def moved_share(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """How much of each block's weight share changed branches between two states, 0..1 (the last dim).
+
+    Half the summed absolute change of the shares (the total variation
+    distance): 0 when every branch kept its share, 1 when the block moved
+    everything to branches that had nothing.
+    """
+    return (after - before).abs().sum(dim=-1) / 2
+
+
+def describe_branch_use(weights: torch.Tensor) -> str:
+    """One line per block: each branch's share of mean |a| and its mean a, and the effective number."""
+    shares, means, effective = shares_of(weights), weights.mean(dim=1), effective_branches(shares_of(weights))
+    lines = []
+    for block in range(weights.shape[0]):
+        parts = ", ".join(f"branch {b} {100 * shares[block, b]:.0f}% (mean a {means[block, b]:+.3f})"
+                          for b in range(weights.shape[2]))
+        lines.append(f"block {block}: {effective[block]:.2f} effective branches; share of mean |a|: {parts}")
+    return "\n".join(lines)
+
+
+def compare_branch_use(before: torch.Tensor, after: torch.Tensor, before_label: str = "untrained",
+                       after_label: str = "trained") -> str:
+    """Per block, the shares (blocks, branches) before -> after, and whether the largest stayed put."""
+    lines = []
+    moved = moved_share(before, after)
+    for block in range(before.shape[0]):
+        parts = ", ".join(f"branch {b} {100 * before[block, b]:.0f}% -> {100 * after[block, b]:.0f}%"
+                          for b in range(before.shape[1]))
+        first, last = int(before[block].argmax()), int(after[block].argmax())
+        verdict = "the same branch" if first == last else "another branch"
+        lines.append(f"block {block}: {parts}; effective branches {effective_branches(before[block]):.2f}"
+                     f" -> {effective_branches(after[block]):.2f}; {100 * moved[block]:.0f}% of the "
+                     f"share moved between branches; the largest share: branch {first} {before_label}, "
+                     f"branch {last} {after_label} ({verdict})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# How the weights moved during training (a run's branch_weights.csv)
+# --------------------------------------------------------------------------
+
+class BranchRecordError(ExplainedError, ValueError):
+    """A run folder holds no record of its branch weights."""
+
+
+@dataclass(frozen=True)
+class BranchHistory:
+    """A run's branch_weights.csv as tensors: each block's mean a and mean |a| at each epoch.
+
+    Epoch 0 is the untrained model; the weights were taken on the same test
+    images (up to 1,000, class-balanced) at every epoch.
+    """
+
+    epochs: list[int]
+    mean: torch.Tensor      # (epochs, blocks, branches)
+    mean_abs: torch.Tensor  # (epochs, blocks, branches)
+
+    @property
+    def shares(self) -> torch.Tensor:
+        return weight_shares(self.mean_abs)
+
+    @property
+    def effective(self) -> torch.Tensor:
+        """The effective number of branches of each block at each epoch: (epochs, blocks)."""
+        return effective_branches(self.shares)
+
+
+def branch_history(rows: list[dict[str, float]], source: str = "this run") -> BranchHistory:
+    """The rows of branch_weights.csv (run.branch_weights) as a BranchHistory."""
+    if not rows:
+        raise BranchRecordError(f"{source} has no branch_weights.csv: it was trained before runs "
+                                "recorded their branch weights. Train it again (notebook 03).")
+    epochs = sorted({int(row["epoch"]) for row in rows})
+    blocks = 1 + max(int(row["block"]) for row in rows)
+    branches = 1 + max(int(row["branch"]) for row in rows)
+    mean = torch.full((len(epochs), blocks, branches), float("nan"), dtype=torch.float64)
+    mean_abs = mean.clone()
+    for row in rows:
+        at = (epochs.index(int(row["epoch"])), int(row["block"]), int(row["branch"]))
+        mean[at], mean_abs[at] = row["mean"], row["mean_abs"]
+    return BranchHistory(epochs, mean, mean_abs)
+
+
+# --------------------------------------------------------------------------
+# Why the seed's branches stay as they start: the gradients at initialization
+# --------------------------------------------------------------------------
+
+def score_gradients(model: Model, split: Split, images: int = 256,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block and branch, on one training-mode batch: the mean weight a and the mean |dLoss/ds|.
+
+    s = Linear(mean of the block's input) is the score a mixing turns into a
+    weight; its gradient is what moves the linear layer, i.e. what lets a
+    branch switch on or off. Under the seed's LeakyReLU a negative score
+    passes a hundredth of the gradient on. Both (blocks, branches). The
+    model's parameters are left as they were (only its BatchNorm statistics see
+    the batch), and so is the caller's random state (dropout draws from a
+    fixed seed). Needs a model whose blocks have a linear layer (every mixing
+    but "equal").
+    """
+    blocks = model.backbone.blocks
+    batch = next(iter(CifarLoader(split.subset(torch.arange(min(images, len(split)))), images,
+                                  train=False, device=device)))
+    scores: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
+    hooks = [block.linear.register_forward_hook(lambda module, args, out: scores.append(out))
+             for block in blocks]
+    recorders = {i: (lambda computed: weights.append(computed.detach()) or computed)
+                 for i in range(len(blocks))}
+    try:
+        with torch.random.fork_rng(devices=[]), mixing_overridden(model, recorders):
+            torch.manual_seed(0)  # the same dropout masks on every call
+            model.train()
+            loss = F.cross_entropy(model(batch[0]), batch[1])
+            gradients = torch.autograd.grad(loss, scores)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.eval()
+    return (torch.stack([w.float().mean(dim=0) for w in weights]).cpu(),
+            torch.stack([g.float().abs().mean(dim=0) for g in gradients]).cpu())
+
+
+# --------------------------------------------------------------------------
 # The ablation: test accuracy with the mixing fixed, or a branch removed
 # --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AblationRow:
-    change: str        # what was done to the model, in words
-    accuracy: float    # test accuracy (%) with that change
-    baseline: float    # test accuracy (%) of the model as trained
-
-    @property
-    def difference(self) -> float:
-        """Percentage points gained (positive) or lost (negative) against the model as trained."""
-        return self.accuracy - self.baseline
+    change: str               # what was done to the model, in words
+    accuracy: float           # test accuracy (%) with that change
+    baseline: float           # test accuracy (%) of the model as trained
+    difference: Difference    # accuracy - baseline in points, with its 95% paired-bootstrap interval
 
 
 def ablation_changes(mean_weights: torch.Tensor) -> dict[str, dict[int, MixingOverride]]:
@@ -167,21 +357,57 @@ def ablation(model: Model, split: Split, mean_weights: torch.Tensor,
              channels_last: bool = False) -> list[AblationRow]:
     """Test accuracy of the model as trained, then with each change of `ablation_changes`.
 
-    One evaluation over `split` per change: (1 + blocks + 1 + blocks x branches) in all.
+    One evaluation over `split` per change: (1 + blocks + 1 + blocks x branches)
+    in all. Each change is compared with the model as trained on the same
+    images, with a 95% paired-bootstrap interval.
     """
     labels = split.labels.cpu()
-    accuracies = {}
+    right = {}
     for change, overrides in ablation_changes(mean_weights).items():
         with mixing_overridden(model, overrides):
-            logits = infer(model, split, device, precision, channels_last)
-        accuracies[change] = accuracy(logits.argmax(dim=1), labels)
-    baseline = accuracies["as trained"]
-    return [AblationRow(change, value, baseline) for change, value in accuracies.items()]
+            right[change] = infer(model, split, device, precision, channels_last).argmax(dim=1) == labels
+    trained = right["as trained"]
+    baseline = 100 * trained.double().mean().item()
+    return [AblationRow(change, 100 * got.double().mean().item(), baseline,
+                        paired_difference(got, trained))
+            for change, got in right.items()]
+
+
+def verdict(difference: Difference) -> str:
+    """A difference in words: a loss or a gain only when its interval excludes 0."""
+    if not difference.is_real:
+        return "tie"
+    return "loss" if difference.points < 0 else "gain"
 
 
 def format_ablation(rows: list[AblationRow]) -> str:
-    lines = [f"{'change':<30}{'test accuracy':>15}{'difference':>13}"]
-    lines += [f"{r.change:<30}{r.accuracy:>14.2f}%{r.difference:>+10.2f} pp" for r in rows]
+    lines = [f"{'change':<30}{'test accuracy':>14}{'difference and 95% interval':>36}"]
+    for row in rows:
+        if row.change == "as trained":
+            lines.append(f"{row.change:<30}{row.accuracy:>13.2f}%")
+        else:
+            lines.append(f"{row.change:<30}{row.accuracy:>13.2f}%{str(row.difference):>30}  "
+                         f"{verdict(row.difference)}")
+    return "\n".join(lines)
+
+
+def branch_use_rows(weights: torch.Tensor, rows: list[AblationRow]) -> list[dict]:
+    """Per block and branch: its share of mean |a|, its mean a, and what removing it costs."""
+    by_change = {row.change: row for row in rows}
+    shares, means = shares_of(weights), weights.mean(dim=1)
+    return [{"block": block, "branch": branch, "share": float(shares[block, branch]),
+             "mean": float(means[block, branch]),
+             "removed": by_change[f"block {block}: without branch {branch}"].difference}
+            for block in range(weights.shape[0]) for branch in range(weights.shape[2])]
+
+
+def branch_use_table(weights: torch.Tensor, rows: list[AblationRow]) -> str:
+    """branch_use_rows as a Markdown table (notebook 04 shows it as such)."""
+    lines = ["| block | branch | share of mean abs(a) | mean a | removing it: difference [95% interval] | |",
+             "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for use in branch_use_rows(weights, rows):
+        lines.append(f"| {use['block']} | {use['branch']} | {100 * use['share']:.1f}% | {use['mean']:+.3f} | "
+                     f"{use['removed']} | {verdict(use['removed'])} |")
     return "\n".join(lines)
 
 
@@ -189,63 +415,175 @@ def format_ablation(rows: list[AblationRow]) -> str:
 # What the numbers say, in words (notebook 04's closing note)
 # --------------------------------------------------------------------------
 
-ON = 0.05      # a weight above this lets a branch's output through
-OFTEN = 0.10   # a branch is "in use" when it is on for at least this share of images
-
-
-def share_on(weights: torch.Tensor, on: float = ON) -> torch.Tensor:
-    """The share of images (0..1) for which each block's branch has a weight above `on`: (blocks, branches)."""
-    return (weights > on).double().mean(dim=1)
-
-
-def branches_in_use(weights: torch.Tensor) -> list[list[int]]:
-    """Per block, the branches on (weight above ON) for at least OFTEN of the images."""
-    return [torch.nonzero(shares >= OFTEN).flatten().tolist() for shares in share_on(weights)]
-
-
-def describe_branch_use(weights: torch.Tensor) -> str:
-    """One line per block: how often each branch is on, its mean weight, and which are in use."""
-    shares, means = share_on(weights), weights.mean(dim=1)
-    lines = []
-    for block, used in enumerate(branches_in_use(weights)):
-        parts = ", ".join(f"branch {b}: on for {100 * shares[block, b]:.0f}% (mean a {means[block, b]:+.3f})"
-                          for b in range(weights.shape[2]))
-        verdict = f"uses {len(used)} branch{'es' if len(used) != 1 else ''} ({', '.join(map(str, used)) or 'none'})"
-        lines.append(f"block {block} {verdict}: {parts}")
-    return "\n".join(lines)
-
-
 def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
-    """What the ablation found: the cost of fixed mixing, of removing a used and an unused branch."""
+    """What the ablation found, each difference with its interval: fixed mixing, and each branch removed."""
     by_change = {row.change: row for row in rows}
+    blocks, branches = weights.shape[0], weights.shape[2]
     every = by_change["every block: mean weights"]
-    one_block = [by_change[f"block {block}: mean weights"] for block in range(weights.shape[0])]
-    used = branches_in_use(weights)
-    removed_used, removed_unused = [], []
-    for block, branches in enumerate(used):
-        for branch in range(weights.shape[2]):
-            row = by_change[f"block {block}: without branch {branch}"]
-            (removed_used if branch in branches else removed_unused).append(row.difference)
     lines = [f"as trained: {every.baseline:.2f}% test accuracy",
-             f"every block mixing with fixed weights (their mean): {every.accuracy:.2f}% "
-             f"({every.difference:+.2f} pp); one block at a time: "
-             + ", ".join(f"block {block} {row.difference:+.2f} pp" for block, row in enumerate(one_block))]
-    if removed_used:
-        lines.append(f"removing a branch in use: {min(removed_used):+.2f} to {max(removed_used):+.2f} pp")
-    if removed_unused:
-        lines.append(f"removing a branch not in use: {min(removed_unused):+.2f} to "
-                     f"{max(removed_unused):+.2f} pp")
-    several = [block for block, branches in enumerate(used) if len(branches) > 1]
-    lines.append("blocks that use more than one branch: "
-                 + (", ".join(f"block {b} ({', '.join(map(str, used[b]))})" for b in several)
-                    if several else "none: every block has settled on a single branch"))
+             f"every block mixing with fixed weights (their mean): {every.difference} "
+             f"({verdict(every.difference)}); one block at a time: "
+             + "; ".join(f"block {block} {by_change[f'block {block}: mean weights'].difference} "
+                         f"({verdict(by_change[f'block {block}: mean weights'].difference)})"
+                         for block in range(blocks))]
+    uses = branch_use_rows(weights, rows)
+    for kind, words in (("loss", "removing it costs accuracy (interval below 0)"),
+                        ("tie", "removing it makes no measurable difference (interval includes 0)"),
+                        ("gain", "removing it helps (interval above 0)")):
+        named = [f"block {u['block']} branch {u['branch']} (share {100 * u['share']:.0f}%)"
+                 for u in uses if verdict(u["removed"]) == kind]
+        if named:
+            lines.append(f"{words}: {', '.join(named)}")
+    needed = [block for block in range(blocks)
+              if sum(verdict(u["removed"]) == "loss" for u in uses if u["block"] == block) > 1]
+    lines.append("blocks where removing more than one branch costs accuracy: "
+                 + (", ".join(map(str, needed)) if needed else "none"))
+    costliest_is_largest = [block for block in range(blocks)
+                            if max((u for u in uses if u["block"] == block),
+                                   key=lambda u: u["share"])["branch"]
+                            == min((u for u in uses if u["block"] == block),
+                                   key=lambda u: u["removed"].points)["branch"]]
+    lines.append(f"the branch with the largest share is the costliest to remove in "
+                 f"{len(costliest_is_largest)} of {blocks} blocks")
     return "\n".join(lines)
 
 
-def compare_branch_use(trained: torch.Tensor, untrained: torch.Tensor) -> str:
-    """Per block, the branches in use before and after training, and whether they are the same."""
-    lines = []
-    for block, (after, before) in enumerate(zip(branches_in_use(trained), branches_in_use(untrained))):
-        same = "the same" if after == before else "changed"
-        lines.append(f"block {block}: in use before training {before}, after {after} ({same})")
+# --------------------------------------------------------------------------
+# Notebook 06: the mixings side by side, over seeds
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spread:
+    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def spread(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else float("nan")
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.mean:.2f} (one seed)"
+        return f"{self.mean:.2f} ± {self.spread:.2f}"
+
+
+def compare_spreads(first: Spread, second: Spread) -> str:
+    """'higher', 'lower', 'tie' (mean ± spread overlap), or 'unknown' (a single seed: no spread)."""
+    if len(first.values) < 2 or len(second.values) < 2:
+        return "unknown"
+    if abs(first.mean - second.mean) <= first.spread + second.spread:
+        return "tie"
+    return "higher" if first.mean > second.mean else "lower"
+
+
+@dataclass(frozen=True)
+class MixingRun:
+    """One run of the mixing sweep, read back from its folder."""
+
+    folder: Path
+    mixing: str
+    rand_seed: int
+    final_acc: float
+    seconds_per_epoch: float
+    parameters: int
+    history: BranchHistory
+
+
+def read_mixing_runs(folders: list[str | Path]) -> dict[str, list[MixingRun]]:
+    """Finished run folders, grouped by their mixing in MIXINGS' order (seeds in order)."""
+    from .compare import load_runs  # compare reads run folders; it needs nothing from here
+    from .model import count_parameters
+    from .runs import BRANCH_WEIGHTS, read_table
+    from .train import build_model
+
+    groups: dict[str, list[MixingRun]] = {}
+    for summary in load_runs(folders):
+        config = make_config(**summary.config)
+        with torch.device("meta"):  # the count needs shapes only
+            parameters = count_parameters(build_model(config))
+        path = summary.folder / BRANCH_WEIGHTS
+        rows = read_table(path) if path.is_file() else []
+        groups.setdefault(config.mixing, []).append(MixingRun(
+            summary.folder, config.mixing, config.rand_seed, summary.final_acc,
+            summary.seconds_per_epoch, parameters, branch_history(rows, str(summary.folder))))
+    return {mixing: sorted(groups[mixing], key=lambda run: run.rand_seed)
+            for mixing in MIXINGS if mixing in groups}
+
+
+def final_effective(runs: list[MixingRun]) -> list[Spread]:
+    """Per block: the effective number of branches at the end of training, over the runs' seeds."""
+    ends = torch.stack([run.history.effective[-1] for run in runs])  # (seeds, blocks)
+    return [Spread(tuple(ends[:, block].tolist())) for block in range(ends.shape[1])]
+
+
+def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
+    """Per mixing, as Markdown: accuracy, branches in use at start and end, parameters and time."""
+    blocks = next(iter(groups.values()))[0].history.mean.shape[1]
+    lines = ["| mixing | seeds | final test accuracy (%), mean ± spread | effective branches per block, "
+             "untrained → trained | parameters | seconds per epoch |",
+             "| --- | ---: | ---: | --- | ---: | ---: |"]
+    for mixing, runs in groups.items():
+        starts = torch.stack([run.history.effective[0] for run in runs]).mean(dim=0)
+        ends = final_effective(runs)
+        use = "; ".join(f"{starts[block]:.2f} → {ends[block]}" for block in range(blocks))
+        lines.append(f"| {mixing} | {len(runs)} | {Spread(tuple(r.final_acc for r in runs))} | {use} | "
+                     f"{runs[0].parameters:,} | {Spread(tuple(r.seconds_per_epoch for r in runs))} |")
+    return "\n".join(lines)
+
+
+def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "seed") -> str:
+    """What the sweep says, each variant against the seed's mixing, in numbers: notebook 06's conclusion.
+
+    A difference counts only where the two means ± spreads do not overlap;
+    inside them it is a tie, and with one seed there is no spread to judge by.
+    """
+    if reference not in groups or len(groups) < 2:
+        return (f"Nothing to compare: the runs hold {', '.join(groups) or 'no mixing'}; the conclusion "
+                f"needs the {reference!r} mixing and at least one other.")
+    base = groups[reference]
+    base_accuracy = Spread(tuple(run.final_acc for run in base))
+    base_use = final_effective(base)
+    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(base)} seed(s); effective "
+             f"branches per block at the end: {', '.join(str(s) for s in base_use)}"]
+    more_branches, better, worse = [], [], []
+    for mixing, runs in groups.items():
+        if mixing == reference:
+            continue
+        accuracy = Spread(tuple(run.final_acc for run in runs))
+        use = final_effective(runs)
+        outcome = compare_spreads(accuracy, base_accuracy)
+        said = {"tie": "a tie (inside the seeds' spreads)",
+                "unknown": "no verdict (one seed: no spread to judge by)",
+                "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
+        lines.append(f"{mixing}: {accuracy}% ({accuracy.mean - base_accuracy.mean:+.2f} points against "
+                     f"{reference}: {said[outcome]}); effective branches per block: "
+                     f"{', '.join(str(s) for s in use)}")
+        block_outcomes = [compare_spreads(after, before) for after, before in zip(use, base_use)]
+        if block_outcomes and all(o == "higher" for o in block_outcomes):
+            more_branches.append(mixing)
+        (better if outcome == "higher" else worse if outcome == "lower" else []).append(mixing)
+    others = [m for m in groups if m != reference]
+    lines.append("")
+    lines.append("Conclusion:")
+    if len(base) < 2 or any(len(runs) < 2 for runs in groups.values()):
+        lines.append("- with a single seed for some mixing there is no spread to judge a difference "
+                     "by: run the sweep with more seeds (seeds) before concluding anything.")
+        return "\n".join(lines)
+    lines.append("- branches in use: " + (
+        f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
+        "seeds' spreads" if more_branches else
+        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads"))
+    if better or worse:
+        parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
+                ([f"{', '.join(worse)} less accurate"] if worse else [])
+        lines.append(f"- accuracy: {'; '.join(parts)}, beyond the seeds' spreads; "
+                     f"{', '.join(m for m in others if m not in better + worse) or 'no other'} tie(s)")
+    else:
+        lines.append(f"- accuracy: no difference; every mixing ties with {reference} at this size "
+                     "(the differences lie inside the seeds' spreads)")
     return "\n".join(lines)

@@ -1,12 +1,16 @@
 """Evaluation: logits for a whole split, and the numbers and tables made from them.
 
 `infer` returns logits and `evaluate` the loss and accuracy, so that notebook
-04 computes the logits once and reuses them for every table and figure.
+04 computes the logits once and reuses them for every table and figure: per
+class, confused pairs, calibration (how sure against how often right), and a
+difference between two models on the same images with its bootstrap interval.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +80,103 @@ def most_confident_mistakes(logits: torch.Tensor, labels: torch.Tensor, count: i
     wrong = torch.nonzero(predictions != labels).flatten()
     order = confidence[wrong].argsort(descending=True)
     return wrong[order[:count]]
+
+
+# --------------------------------------------------------------------------
+# How sure, and how right: calibration
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibration:
+    """A reliability table: the test images binned by the model's confidence (its top softmax probability).
+
+    Per bin: how many images fall in it, their mean confidence and the share of
+    them the model gets right (both 0..1; NaN in an empty bin). A calibrated
+    model is right as often as it is sure: accuracy = confidence in every bin.
+    """
+
+    edges: torch.Tensor      # (bins + 1,) from 0 to 1
+    counts: torch.Tensor     # (bins,) images per bin
+    confidence: torch.Tensor  # (bins,) mean confidence of the bin's images
+    accuracy: torch.Tensor   # (bins,) share of the bin's images predicted right
+
+    @property
+    def expected_calibration_error(self) -> float:
+        """The gap |accuracy - confidence| averaged over the images (each bin weighs by its count), in %."""
+        filled = self.counts > 0
+        gaps = (self.accuracy[filled] - self.confidence[filled]).abs()
+        return 100 * float((gaps * self.counts[filled]).sum() / self.counts.sum())
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> Calibration:
+    """Bin the images by confidence into `bins` equal bins of 0..1 (the usual reliability diagram)."""
+    confidence, predictions = logits.float().softmax(dim=1).max(dim=1)
+    right = (predictions == labels.cpu()).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    # Bin i holds edges[i] < confidence <= edges[i + 1]: a confidence of exactly 1 lands in the last bin.
+    which = (torch.bucketize(confidence.double(), edges) - 1).clamp(0, bins - 1)
+    counts = torch.bincount(which, minlength=bins)
+    zeros = torch.zeros(bins, dtype=torch.float64)
+    mean_confidence = zeros.index_add(0, which, confidence.double()) / counts  # 0 / 0: NaN when empty
+    mean_right = zeros.index_add(0, which, right) / counts
+    return Calibration(edges, counts, mean_confidence, mean_right)
+
+
+def format_calibration(table: Calibration) -> str:
+    lines = [f"{'confidence':<13}{'images':>8}{'mean confidence':>17}{'right':>9}"]
+    for i, count in enumerate(table.counts.tolist()):
+        span = f"{table.edges[i]:.1f}-{table.edges[i + 1]:.1f}"
+        if count:
+            lines.append(f"{span:<13}{count:>8,}{100 * table.confidence[i]:>16.1f}%"
+                         f"{100 * table.accuracy[i]:>8.1f}%")
+        else:
+            lines.append(f"{span:<13}{count:>8,}{'-':>17}{'-':>9}")
+    lines.append(f"expected calibration error: {table.expected_calibration_error:.2f} points "
+                 "(the gap between confidence and accuracy, averaged over the images)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# A difference in accuracy, with its noise: the paired bootstrap
+# --------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Difference:
+    """An accuracy difference in percentage points with its 95% interval (low, high)."""
+
+    points: float
+    low: float
+    high: float
+
+    @property
+    def is_real(self) -> bool:
+        """True when the interval excludes 0: the difference is more than the test images' noise."""
+        return self.low > 0 or self.high < 0
+
+    def __str__(self) -> str:
+        return f"{self.points:+.2f} pp [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+def paired_difference(right: torch.Tensor, right_before: torch.Tensor,
+                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                      seed: int = 0) -> Difference:
+    """Accuracy of `right` minus that of `right_before` (per-image booleans, the same images), with a
+    percentile bootstrap interval.
+
+    Paired: every resample draws test images with replacement and scores both
+    models on the same draw, so what the two have in common (easy and hard
+    images) cancels, and the interval measures only how the change moved the
+    answers. The fixed `seed` makes the interval the same on every run.
+    """
+    per_image = (right.double() - right_before.double()).numpy()  # -1, 0 or +1 per image
+    generator = np.random.default_rng(seed)
+    means = []
+    chunk = max(1, 2_000_000 // len(per_image))  # a few MB of indices at a time
+    for start in range(0, resamples, chunk):
+        draws = generator.integers(0, len(per_image), (min(chunk, resamples - start), len(per_image)))
+        means.append(per_image[draws].mean(axis=1))
+    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
+    return Difference(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))

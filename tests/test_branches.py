@@ -1,14 +1,20 @@
 """The branch-weight recorder and the ablation compute what they say, on small models."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nbhelpers import Model
-from nbhelpers.branches import (AblationRow, ablation, branches_in_use, collect_branch_weights,
-                                compare_branch_use, describe_ablation, describe_branch_use,
-                                extreme_image_rows, fixed_weights, format_ablation, initial_model,
-                                mean_weight_per_class, mixing_overridden, most_extreme_images,
-                                share_on, without_branch)
+from nbhelpers.branches import (AblationRow, BranchRecordError, Spread, ablation, ablation_changes,
+                                branch_history,
+                                branch_use_table, collect_branch_weights, compare_branch_use,
+                                compare_spreads, describe_ablation, describe_branch_use,
+                                describe_mixing_study, effective_branches, extreme_image_rows,
+                                fixed_weights, format_ablation, initial_model, mean_weight_per_class,
+                                mixing_overridden, mixing_table, most_extreme_images, moved_share,
+                                read_mixing_runs, shares_of, standard_error_per_class, weight_shares,
+                                without_branch)
+from nbhelpers.evaluation import Difference
 from nbhelpers.config import make_config
 from nbhelpers.data import Split, normalize
 from nbhelpers import evaluation, train
@@ -136,11 +142,24 @@ def test_ablation_lists_the_baseline_every_mean_replacement_and_every_removed_br
                          "block 2: mean weights", "every block: mean weights"]
     assert names[5:] == [f"block {i}: without branch {j}" for i in range(3) for j in range(3)]
     baseline = evaluation.accuracy(evaluation.infer(model, split, "cpu").argmax(dim=1), split.labels)
-    assert rows[0].accuracy == baseline and rows[0].difference == 0
+    assert rows[0].accuracy == baseline and rows[0].difference == Difference(0, 0, 0)
     with mixing_overridden(model, {2: without_branch(1)}):
-        removed = evaluation.accuracy(evaluation.infer(model, split, "cpu").argmax(dim=1), split.labels)
-    assert rows[names.index("block 2: without branch 1")].accuracy == removed
-    assert "every block: mean weights" in format_ablation(rows)
+        removed_logits = evaluation.infer(model, split, "cpu")
+    removed = evaluation.accuracy(removed_logits.argmax(dim=1), split.labels)
+    row = rows[names.index("block 2: without branch 1")]
+    assert row.accuracy == removed
+    assert row.difference.points == pytest.approx(removed - baseline)
+    # Each interval is the paired bootstrap of the same images' answers, with and without the change.
+    trained_right = evaluation.infer(model, split, "cpu").argmax(dim=1) == split.labels
+    changed_answers = 0
+    for row, overrides in zip(rows, ablation_changes(means).values()):
+        with mixing_overridden(model, overrides):
+            right = evaluation.infer(model, split, "cpu").argmax(dim=1) == split.labels
+        assert row.difference == evaluation.paired_difference(right, trained_right)
+        changed_answers += bool((right != trained_right).any())
+    assert changed_answers > 0  # the check above compared intervals that are not [0, 0]
+    table = format_ablation(rows)
+    assert "every block: mean weights" in table and str(row.difference) in table
 
 
 def test_mean_weight_per_class_and_most_extreme_images():
@@ -179,30 +198,123 @@ def test_initial_model_is_the_model_fit_starts_from(monkeypatch, synthetic_data,
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left alone
 
 
+def test_shares_and_the_effective_number_of_branches_need_no_threshold():
+    mean_abs = torch.tensor([[0.3, 0.3, 0.0], [1.0, 1.0, 1.0], [0.9, 0.05, 0.05], [2.0, 0.0, 0.0]])
+    shares = weight_shares(mean_abs)
+    assert torch.allclose(shares[0], torch.tensor([0.5, 0.5, 0.0]))
+    assert torch.allclose(effective_branches(shares), torch.tensor([2.0, 3.0, 1 / 0.815, 1.0]))
+    # Collected weights: shares of the mean |a|, so a branch off at -0.01 for every image counts little.
+    weights = torch.full((1, 4, 3), -0.01)
+    weights[0, :, 0] = torch.tensor([0.5, 0.7, 0.6, 0.2])
+    weights[0, :2, 1] = 0.5
+    expected = torch.tensor([0.5, 0.255, 0.01]) / (0.5 + 0.255 + 0.01)
+    assert torch.allclose(shares_of(weights)[0], expected, atol=1e-6)
+    assert moved_share(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])) == 1
+    assert moved_share(torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.5, 0.25, 0.25])) == 0.25
+    assert describe_branch_use(weights).startswith("block 0: 1.86 effective branches; share of mean |a|: "
+                                                   "branch 0 65% (mean a +0.500)")
+
+
+def test_branch_history_reads_branch_weights_csv_and_compare_says_whether_the_lead_stayed():
+    rows = [{"epoch": e, "block": k, "branch": b, "mean": m, "mean_abs": abs(m)}
+            for e, values in ((0, [[0.4, -0.01], [0.3, 0.3]]), (1, [[0.5, -0.02], [0.1, 0.9]]))
+            for k in range(2) for b, m in enumerate(values[k])]
+    history = branch_history(rows)
+    assert history.epochs == [0, 1] and history.mean.shape == (2, 2, 2)
+    assert history.mean[1, 1, 1] == 0.9 and history.mean_abs[0, 0, 1] == 0.01
+    assert torch.allclose(history.effective[0], torch.tensor([1 / (0.4 ** 2 + 0.01 ** 2) * 0.41 ** 2, 2.0],
+                                                             dtype=torch.float64))
+    lines = compare_branch_use(history.shares[0], history.shares[-1], "at epoch 0", "at epoch 1").splitlines()
+    assert lines[0].endswith("the largest share: branch 0 at epoch 0, branch 0 at epoch 1 (the same branch)")
+    assert "branch 0 50% -> 10%, branch 1 50% -> 90%" in lines[1]
+    assert "40% of the share moved between branches" in lines[1]
+    with pytest.raises(BranchRecordError, match="has no branch_weights.csv"):
+        branch_history([], "runs/old")
+
+
+def test_standard_error_per_class_is_the_spread_of_a_class_mean():
+    weights = torch.tensor([[[1.0], [3.0], [5.0], [9.0]]])  # 1 block, 4 images, 1 branch
+    labels = torch.tensor([0, 0, 1, 1])
+    errors = standard_error_per_class(weights, labels, 2)
+    assert torch.allclose(errors, torch.tensor([[[np.sqrt(2) / np.sqrt(2)], [np.sqrt(8) / np.sqrt(2)]]],
+                                               dtype=torch.float32))
+
+
 def test_branch_use_and_the_closing_note_follow_the_numbers():
-    # 2 blocks, 10 images, 3 branches: block 0 uses branch 1 only; block 1 uses 0 and 2,
-    # branch 2 only for 2 images in 10 (still "in use": OFTEN is 10%).
+    # 2 blocks, 10 images, 3 branches: block 0 leans on branch 1; block 1 on branches 0 and 2.
     weights = torch.full((2, 10, 3), -0.004)
     weights[0, :, 1] = 0.3
-    weights[0, 0, 0] = 0.04  # above 0 but below ON: still off
     weights[1, :, 0] = 0.5
-    weights[1, :2, 2] = 0.4
-    assert branches_in_use(weights) == [[1], [0, 2]]
-    assert torch.allclose(share_on(weights)[1], torch.tensor([1.0, 0.0, 0.2], dtype=torch.float64))
-    assert describe_branch_use(weights).splitlines()[0].startswith("block 0 uses 1 branch (1)")
-    rows = [AblationRow(change, accuracy, 50.0) for change, accuracy in [
-        ("as trained", 50.0), ("block 0: mean weights", 49.0), ("block 1: mean weights", 47.5),
-        ("every block: mean weights", 45.0),
-        ("block 0: without branch 0", 50.5), ("block 0: without branch 1", 10.0),
-        ("block 0: without branch 2", 49.8), ("block 1: without branch 0", 12.0),
-        ("block 1: without branch 1", 50.0), ("block 1: without branch 2", 44.0)]]
+    weights[1, :, 2] = 0.4
+    real, tie = (lambda p: Difference(p, p - 1, p + 1)), (lambda p: Difference(p, p - 2, p + 2))
+    rows = [AblationRow(change, 50 + d.points, 50.0, d) for change, d in [
+        ("as trained", Difference(0, 0, 0)), ("block 0: mean weights", tie(-1.0)),
+        ("block 1: mean weights", real(-2.5)), ("every block: mean weights", real(-5.0)),
+        ("block 0: without branch 0", tie(0.5)), ("block 0: without branch 1", real(-40.0)),
+        ("block 0: without branch 2", tie(-0.2)), ("block 1: without branch 0", real(-38.0)),
+        ("block 1: without branch 1", real(+1.5)), ("block 1: without branch 2", real(-6.0))]]
     note = describe_ablation(rows, weights)
-    assert "45.00% (-5.00 pp); one block at a time: block 0 -1.00 pp, block 1 -2.50 pp" in note
-    assert "removing a branch in use: -40.00 to -6.00 pp" in note
-    assert "removing a branch not in use: -0.20 to +0.50 pp" in note
-    assert note.endswith("blocks that use more than one branch: block 1 (0, 2)")
-    untrained = weights.clone()
-    untrained[1, :, 2] = -0.004
-    assert compare_branch_use(weights, untrained).splitlines() == [
-        "block 0: in use before training [1], after [1] (the same)",
-        "block 1: in use before training [0], after [0, 2] (changed)"]
+    assert "(their mean): -5.00 pp [-6.00, -4.00] (loss); one block at a time: " \
+           "block 0 -1.00 pp [-3.00, +1.00] (tie); block 1 -2.50 pp [-3.50, -1.50] (loss)" in note
+    assert "removing it costs accuracy (interval below 0): block 0 branch 1 (share 97%), " \
+           "block 1 branch 0 (share 55%), block 1 branch 2 (share 44%)" in note
+    assert "no measurable difference (interval includes 0): block 0 branch 0 (share 1%), " \
+           "block 0 branch 2 (share 1%)" in note
+    assert "removing it helps (interval above 0): block 1 branch 1 (share 0%)" in note
+    assert "blocks where removing more than one branch costs accuracy: 1" in note
+    assert note.endswith("the branch with the largest share is the costliest to remove in 2 of 2 blocks")
+    table = branch_use_table(weights, rows).splitlines()
+    assert table[3] == "| 0 | 1 | 97.4% | +0.300 | -40.00 pp [-41.00, -39.00] | loss |"
+
+
+def test_spreads_tie_when_mean_plus_minus_spread_overlap():
+    a = Spread((30.0, 32.0, 34.0))  # mean 32, spread 2
+    assert (a.mean, a.spread) == (32.0, 2.0)
+    assert compare_spreads(Spread((34.0, 35.0, 36.0)), a) == "tie"     # 3 apart, 2 + 1 of spread
+    assert compare_spreads(Spread((35.0, 36.0, 37.0)), a) == "higher"  # 4 apart, beyond 2 + 1
+    assert compare_spreads(Spread((36.0, 37.0, 38.0)), Spread((30.0, 31.0, 32.0))) == "higher"
+    assert compare_spreads(Spread((30.0, 31.0, 32.0)), Spread((36.0, 37.0, 38.0))) == "lower"
+    assert compare_spreads(Spread((31.0, 32.0, 33.0)), Spread((32.5, 33.0, 33.5))) == "tie"
+    assert compare_spreads(Spread((40.0,)), Spread((30.0,))) == "unknown"
+    assert str(a) == "32.00 ± 2.00" and str(Spread((40.0,))) == "40.00 (one seed)"
+
+
+def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):
+    """A finished-looking run folder: config.json, history.csv and branch_weights.csv."""
+    import json
+    from nbhelpers.runs import write_table
+    folder = root / f"{mixing}-{seed}"
+    folder.mkdir()
+    config = make_config(size="tiny", mixing=mixing, rand_seed=seed, num_epochs=1)
+    (folder / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    write_table(folder / "history.csv", [{"epoch": 1, "train_loss": 2.0, "train_acc": 20.0, "test_loss": 2.0,
+                                          "test_acc": final_acc, "lr": 0.004, "seconds": 3.0}])
+    start = [1 / 3] * 3
+    write_table(folder / "branch_weights.csv",
+                [{"epoch": e, "block": k, "branch": b, "mean": values[b], "mean_abs": values[b]}
+                 for e, values in ((0, start), (1, shares_end)) for k in range(3) for b in range(3)])
+    return folder
+
+
+def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(tmp_path):
+    folders = [_mixing_run_folder(tmp_path, "seed", s, acc, [0.9, 0.05, 0.05])
+               for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
+    folders += [_mixing_run_folder(tmp_path, "softmax", s, acc, [0.4, 0.3, 0.3])
+                for s, acc in ((1, 31.0), (2, 33.0), (3, 35.0))]
+    folders += [_mixing_run_folder(tmp_path, "equal", s, acc, [1 / 3] * 3)
+                for s, acc in ((1, 40.0), (2, 41.0), (3, 42.0))]
+    groups = read_mixing_runs(list(reversed(folders)))
+    assert list(groups) == ["seed", "softmax", "equal"]  # MIXINGS' order, whatever the folders' order
+    assert [run.rand_seed for run in groups["seed"]] == [1, 2, 3]
+    assert groups["equal"][0].parameters < groups["seed"][0].parameters  # no linear layers
+    table = mixing_table(groups)
+    assert "| seed | 3 | 32.00 ± 2.00 | 3.00 → 1.23 ± 0.00;" in table
+    note = describe_mixing_study(groups)
+    assert "softmax: 33.00 ± 2.00% (+1.00 points against seed: a tie (inside the seeds' spreads))" in note
+    assert "equal: 41.00 ± 1.00% (+9.00 points against seed: higher, beyond the seeds' spreads)" in note
+    assert "- branches in use: softmax, equal use more branches than seed in every block" in note
+    assert note.endswith("- accuracy: equal more accurate than seed, beyond the seeds' spreads; softmax tie(s)")
+    # One seed each: no spread, so no verdict.
+    single = read_mixing_runs([folders[0], folders[3]])
+    assert "with a single seed for some mixing there is no spread" in describe_mixing_study(single)
+    assert "Nothing to compare" in describe_mixing_study(read_mixing_runs(folders[3:6]))
