@@ -323,6 +323,17 @@ def score_gradients(model: Model, split: Split, images: int = 256,
             torch.stack([g.float().abs().mean(dim=0) for g in gradients]).cpu())
 
 
+def describe_score_gradients(weights: torch.Tensor, gradients: torch.Tensor) -> str:
+    """score_gradients' numbers, a line per block: each branch's mean a and mean |dLoss/ds|."""
+    lines = []
+    for block in range(weights.shape[0]):
+        parts = ", ".join(f"branch {b}: a {weights[block, b]:+.3f}, |dL/ds| {gradients[block, b]:.1e}"
+                          for b in range(weights.shape[1]))
+        ratio = gradients[block].max() / gradients[block].min()
+        lines.append(f"block {block}: {parts}; largest / smallest gradient: {ratio:.1f}x")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------
 # The ablation: test accuracy with the mixing fixed, or a branch removed
 # --------------------------------------------------------------------------
@@ -438,13 +449,14 @@ def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
               if sum(verdict(u["removed"]) == "loss" for u in uses if u["block"] == block) > 1]
     lines.append("blocks where removing more than one branch costs accuracy: "
                  + (", ".join(map(str, needed)) if needed else "none"))
-    costliest_is_largest = [block for block in range(blocks)
-                            if max((u for u in uses if u["block"] == block),
-                                   key=lambda u: u["share"])["branch"]
-                            == min((u for u in uses if u["block"] == block),
-                                   key=lambda u: u["removed"].points)["branch"]]
-    lines.append(f"the branch with the largest share is the costliest to remove in "
-                 f"{len(costliest_is_largest)} of {blocks} blocks")
+    costly = [block for block in range(blocks)
+              if any(verdict(u["removed"]) == "loss" for u in uses if u["block"] == block)]
+    same = [block for block in costly
+            if max((u for u in uses if u["block"] == block), key=lambda u: u["share"])["branch"]
+            == min((u for u in uses if u["block"] == block), key=lambda u: u["removed"].points)["branch"]]
+    lines.append(f"the branch with the largest share is the costliest to remove in {len(same)} of the "
+                 f"{len(costly)} blocks where removing a branch costs accuracy" if costly else
+                 "no removal costs accuracy beyond the noise: the ablation cannot tell the branches apart")
     return "\n".join(lines)
 
 
@@ -454,7 +466,10 @@ def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
 
 @dataclass(frozen=True)
 class Spread:
-    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one)."""
+    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one).
+
+    Written "mean ± spread", or the mean alone for a single seed.
+    """
 
     values: tuple[float, ...]
 
@@ -468,7 +483,7 @@ class Spread:
 
     def __str__(self) -> str:
         if len(self.values) == 1:
-            return f"{self.mean:.2f} (one seed)"
+            return f"{self.mean:.2f}"
         return f"{self.mean:.2f} ± {self.spread:.2f}"
 
 
@@ -491,26 +506,28 @@ class MixingRun:
     final_acc: float
     seconds_per_epoch: float
     parameters: int
+    step_flops: float        # FLOPs of one training step per image (forward and backward)
     history: BranchHistory
 
 
 def read_mixing_runs(folders: list[str | Path]) -> dict[str, list[MixingRun]]:
     """Finished run folders, grouped by their mixing in MIXINGS' order (seeds in order)."""
     from .compare import load_runs  # compare reads run folders; it needs nothing from here
-    from .model import count_parameters
+    from .model import count_flops, count_parameters
     from .runs import BRANCH_WEIGHTS, read_table
     from .train import build_model
 
     groups: dict[str, list[MixingRun]] = {}
     for summary in load_runs(folders):
         config = make_config(**summary.config)
-        with torch.device("meta"):  # the count needs shapes only
-            parameters = count_parameters(build_model(config))
+        with torch.device("meta"):  # the counts need shapes only
+            model = build_model(config)
         path = summary.folder / BRANCH_WEIGHTS
         rows = read_table(path) if path.is_file() else []
         groups.setdefault(config.mixing, []).append(MixingRun(
             summary.folder, config.mixing, config.rand_seed, summary.final_acc,
-            summary.seconds_per_epoch, parameters, branch_history(rows, str(summary.folder))))
+            summary.seconds_per_epoch, count_parameters(model), count_flops(model)["train_step"],
+            branch_history(rows, str(summary.folder))))
     return {mixing: sorted(groups[mixing], key=lambda run: run.rand_seed)
             for mixing in MIXINGS if mixing in groups}
 
@@ -536,8 +553,23 @@ def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
     return "\n".join(lines)
 
 
+def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
+    """In how many (run, block) pairs the branch with the largest share at epoch 0 still has it at the end."""
+    pairs = [(run.history.shares[0, block].argmax() == run.history.shares[-1, block].argmax())
+             for run in runs for block in range(run.history.shares.shape[1])]
+    return int(sum(pairs)), len(pairs)
+
+
+def _accuracy(runs: list[MixingRun]) -> Spread:
+    return Spread(tuple(run.final_acc for run in runs))
+
+
+_SAID = {"tie": "a tie (inside the seeds' spreads)", "unknown": "no verdict (one seed: no spread to judge by)",
+         "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
+
+
 def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "seed") -> str:
-    """What the sweep says, each variant against the seed's mixing, in numbers: notebook 06's conclusion.
+    """What the sweep says, each mixing against the seed's, in numbers: notebook 06's conclusion.
 
     A difference counts only where the two means ± spreads do not overlap;
     inside them it is a tie, and with one seed there is no spread to judge by.
@@ -545,45 +577,55 @@ def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "
     if reference not in groups or len(groups) < 2:
         return (f"Nothing to compare: the runs hold {', '.join(groups) or 'no mixing'}; the conclusion "
                 f"needs the {reference!r} mixing and at least one other.")
-    base = groups[reference]
-    base_accuracy = Spread(tuple(run.final_acc for run in base))
-    base_use = final_effective(base)
-    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(base)} seed(s); effective "
-             f"branches per block at the end: {', '.join(str(s) for s in base_use)}"]
-    more_branches, better, worse = [], [], []
-    for mixing, runs in groups.items():
-        if mixing == reference:
-            continue
-        accuracy = Spread(tuple(run.final_acc for run in runs))
-        use = final_effective(runs)
-        outcome = compare_spreads(accuracy, base_accuracy)
-        said = {"tie": "a tie (inside the seeds' spreads)",
-                "unknown": "no verdict (one seed: no spread to judge by)",
-                "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
+    base_accuracy, base_use = _accuracy(groups[reference]), final_effective(groups[reference])
+    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(groups[reference])} seed(s); "
+             f"effective branches per block at the end: {', '.join(map(str, base_use))}"]
+    others = [mixing for mixing in groups if mixing != reference]
+    against: dict[str, str] = {}
+    more_branches = []
+    for mixing in others:
+        accuracy, use = _accuracy(groups[mixing]), final_effective(groups[mixing])
+        against[mixing] = compare_spreads(accuracy, base_accuracy)
         lines.append(f"{mixing}: {accuracy}% ({accuracy.mean - base_accuracy.mean:+.2f} points against "
-                     f"{reference}: {said[outcome]}); effective branches per block: "
-                     f"{', '.join(str(s) for s in use)}")
-        block_outcomes = [compare_spreads(after, before) for after, before in zip(use, base_use)]
-        if block_outcomes and all(o == "higher" for o in block_outcomes):
+                     f"{reference}: {_SAID[against[mixing]]}); effective branches per block at the end: "
+                     f"{', '.join(map(str, use))}")
+        if all(compare_spreads(after, before) == "higher" for after, before in zip(use, base_use)):
             more_branches.append(mixing)
-        (better if outcome == "higher" else worse if outcome == "lower" else []).append(mixing)
-    others = [m for m in groups if m != reference]
-    lines.append("")
-    lines.append("Conclusion:")
-    if len(base) < 2 or any(len(runs) < 2 for runs in groups.values()):
+    kept, pairs = kept_first_choice(groups[reference])
+    lines += ["", "Conclusion:"]
+    if any(len(runs) < 2 for runs in groups.values()):
         lines.append("- with a single seed for some mixing there is no spread to judge a difference "
                      "by: run the sweep with more seeds (seeds) before concluding anything.")
         return "\n".join(lines)
+    lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
+                 f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
     lines.append("- branches in use: " + (
         f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
-        "seeds' spreads" if more_branches else
-        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads"))
-    if better or worse:
-        parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
-                ([f"{', '.join(worse)} less accurate"] if worse else [])
-        lines.append(f"- accuracy: {'; '.join(parts)}, beyond the seeds' spreads; "
-                     f"{', '.join(m for m in others if m not in better + worse) or 'no other'} tie(s)")
-    else:
-        lines.append(f"- accuracy: no difference; every mixing ties with {reference} at this size "
-                     "(the differences lie inside the seeds' spreads)")
+        "seeds' spreads." if more_branches else
+        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads."))
+    better = [m for m in others if against[m] == "higher"]
+    worse = [m for m in others if against[m] == "lower"]
+    tied = [m for m in others if against[m] == "tie"]
+    parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
+            ([f"{', '.join(worse)} less accurate than {reference}"] if worse else []) + \
+            ([f"{', '.join(tied)} tied with {reference}"] if tied else [])
+    lines.append(f"- accuracy against {reference}: {'; '.join(parts)} (differences beyond the seeds' spreads "
+                 "count, those inside them are ties).")
+    pairs_among = [(a, b, compare_spreads(_accuracy(groups[a]), _accuracy(groups[b])))
+                   for k, a in enumerate(others) for b in others[k + 1:]]
+    if pairs_among:
+        lines.append("- accuracy among the others: " + "; ".join(
+            f"{a} against {b}: {'a tie' if v == 'tie' else a + ' ' + v}" for a, b, v in pairs_among) + ".")
+    if "equal" in others and better:
+        beats_equal = [m for m in better if m != "equal" and compare_spreads(
+            _accuracy(groups[m]), _accuracy(groups["equal"])) == "higher"]
+        if beats_equal:
+            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal beyond the spreads: choosing "
+                         "branches image by image adds accuracy beyond averaging them.")
+        elif "equal" in better:
+            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
+                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
+                         "from using every branch, not from choosing between them image by image.")
+    if not better and not worse:
+        lines.append(f"- so: no difference in accuracy at this size; every mixing ties with {reference}.")
     return "\n".join(lines)

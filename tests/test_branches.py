@@ -262,7 +262,11 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
            "block 0 branch 2 (share 1%)" in note
     assert "removing it helps (interval above 0): block 1 branch 1 (share 0%)" in note
     assert "blocks where removing more than one branch costs accuracy: 1" in note
-    assert note.endswith("the branch with the largest share is the costliest to remove in 2 of 2 blocks")
+    assert note.endswith("the branch with the largest share is the costliest to remove in 2 of the 2 blocks "
+                         "where removing a branch costs accuracy")
+    ties = [AblationRow(row.change, 50.0, 50.0, Difference(0, 0, 0)) for row in rows]
+    assert describe_ablation(ties, weights).endswith("no removal costs accuracy beyond the noise: the "
+                                                     "ablation cannot tell the branches apart")
     table = branch_use_table(weights, rows).splitlines()
     assert table[3] == "| 0 | 1 | 97.4% | +0.300 | -40.00 pp [-41.00, -39.00] | loss |"
 
@@ -276,7 +280,7 @@ def test_spreads_tie_when_mean_plus_minus_spread_overlap():
     assert compare_spreads(Spread((30.0, 31.0, 32.0)), Spread((36.0, 37.0, 38.0))) == "lower"
     assert compare_spreads(Spread((31.0, 32.0, 33.0)), Spread((32.5, 33.0, 33.5))) == "tie"
     assert compare_spreads(Spread((40.0,)), Spread((30.0,))) == "unknown"
-    assert str(a) == "32.00 ± 2.00" and str(Spread((40.0,))) == "40.00 (one seed)"
+    assert str(a) == "32.00 ± 2.00" and str(Spread((40.0,))) == "40.00"
 
 
 def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):
@@ -307,14 +311,36 @@ def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(
     assert list(groups) == ["seed", "softmax", "equal"]  # MIXINGS' order, whatever the folders' order
     assert [run.rand_seed for run in groups["seed"]] == [1, 2, 3]
     assert groups["equal"][0].parameters < groups["seed"][0].parameters  # no linear layers
+    assert groups["equal"][0].step_flops < groups["seed"][0].step_flops == groups["softmax"][0].step_flops
     table = mixing_table(groups)
     assert "| seed | 3 | 32.00 ± 2.00 | 3.00 → 1.23 ± 0.00;" in table
     note = describe_mixing_study(groups)
     assert "softmax: 33.00 ± 2.00% (+1.00 points against seed: a tie (inside the seeds' spreads))" in note
     assert "equal: 41.00 ± 1.00% (+9.00 points against seed: higher, beyond the seeds' spreads)" in note
+    assert "- seed's first choice: the branch with the largest share at epoch 0 still has it at the end " \
+           "in 9 of 9 blocks (3 seeds)." in note
     assert "- branches in use: softmax, equal use more branches than seed in every block" in note
-    assert note.endswith("- accuracy: equal more accurate than seed, beyond the seeds' spreads; softmax tie(s)")
+    assert "- accuracy against seed: equal more accurate than seed; softmax tied with seed" in note
+    assert "- accuracy among the others: softmax against equal: softmax lower." in note
+    assert note.endswith("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
+                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
+                         "from using every branch, not from choosing between them image by image.")
+    # A per-image mixing that beats equal beyond the spreads says so instead.
+    folders += [_mixing_run_folder(tmp_path, "sigmoid", s, acc, [0.5, 0.3, 0.2])
+                for s, acc in ((1, 50.0), (2, 51.0), (3, 52.0))]
+    assert describe_mixing_study(read_mixing_runs(folders)).endswith(
+        "- so: sigmoid beat(s) equal beyond the spreads: choosing branches image by image adds accuracy "
+        "beyond averaging them.")
     # One seed each: no spread, so no verdict.
-    single = read_mixing_runs([folders[0], folders[3]])
+    single = read_mixing_runs([folders[0], folders[3]])  # seed and softmax, one seed each
     assert "with a single seed for some mixing there is no spread" in describe_mixing_study(single)
     assert "Nothing to compare" in describe_mixing_study(read_mixing_runs(folders[3:6]))
+
+
+def test_the_mixing_study_says_no_difference_when_every_mixing_ties(tmp_path):
+    folders = [_mixing_run_folder(tmp_path, mixing, s, acc, [0.6, 0.3, 0.1])
+               for mixing in ("seed", "sigmoid") for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
+    note = describe_mixing_study(read_mixing_runs(folders))
+    assert "- accuracy against seed: sigmoid tied with seed" in note
+    assert "- branches in use: no mixing uses more branches than seed in every block" in note
+    assert note.endswith("- so: no difference in accuracy at this size; every mixing ties with seed.")
