@@ -124,7 +124,7 @@ def branch_weight_distributions(trained: torch.Tensor, untrained: torch.Tensor,
     axes[0, 0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.7),
                                plt.Rectangle((0, 0), 1, 1, color=BRANCH_COLORS[0], alpha=0.7)],
                       labels=["untrained (grey, left)", f"{trained_label} (colour, right)"], fontsize=8,
-                      loc="upper left")
+                      loc="best")
     fig.suptitle(f"Branch weights of every block over {trained.shape[1]:,} test images")
     fig.tight_layout()
     return fig

@@ -121,9 +121,12 @@ def describe_class_differences(per_class: torch.Tensor, standard_errors: torch.T
         column, errors = per_class[block, :, branch], standard_errors[block, :, branch]
         high, low = int(column.argmax()), int(column.argmin())
         noise = float((errors[high] ** 2 + errors[low] ** 2).sqrt())
+        if noise == 0:  # every image gets the same weights ("equal", or a single softmax branch)
+            lines.append(f"block {block}: every image gets the same weights; no class differs")
+            continue
         lines.append(f"block {block}, branch {branch}: highest {classes[high]} ({column[high]:+.3f}), lowest "
                      f"{classes[low]} ({column[low]:+.3f}): a gap of {gaps[branch]:.3f}, "
-                     f"{gaps[branch] / noise if noise > 0 else float('inf'):.0f} standard errors")
+                     f"{gaps[branch] / noise:.0f} standard errors")
     return "\n".join(lines)
 
 
@@ -209,6 +212,14 @@ def moved_share(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return (after - before).abs().sum(dim=-1) / 2
 
 
+def leading_branch(shares: torch.Tensor) -> int | None:
+    """The branch with the largest share (shares: (branches,)), or None when two share the top (as under "equal")."""
+    top = shares.topk(min(2, len(shares))).values
+    if len(top) > 1 and float(top[0] - top[1]) < 1e-6:
+        return None
+    return int(shares.argmax())
+
+
 def describe_branch_use(weights: torch.Tensor) -> str:
     """One line per block: each branch's share of mean |a| and its mean a, and the effective number."""
     shares, means, effective = shares_of(weights), weights.mean(dim=1), effective_branches(shares_of(weights))
@@ -228,12 +239,15 @@ def compare_branch_use(before: torch.Tensor, after: torch.Tensor, before_label: 
     for block in range(before.shape[0]):
         parts = ", ".join(f"branch {b} {100 * before[block, b]:.0f}% -> {100 * after[block, b]:.0f}%"
                           for b in range(before.shape[1]))
-        first, last = int(before[block].argmax()), int(after[block].argmax())
-        verdict = "the same branch" if first == last else "another branch"
+        first, last = leading_branch(before[block]), leading_branch(after[block])
+        if first is None or last is None:
+            lead = "no single branch has the largest share"
+        else:
+            lead = (f"the largest share: branch {first} {before_label}, branch {last} {after_label} "
+                    f"({'the same branch' if first == last else 'another branch'})")
         lines.append(f"block {block}: {parts}; effective branches {effective_branches(before[block]):.2f}"
                      f" -> {effective_branches(after[block]):.2f}; {100 * moved[block]:.0f}% of the "
-                     f"share moved between branches; the largest share: branch {first} {before_label}, "
-                     f"branch {last} {after_label} ({verdict})")
+                     f"share moved between branches; {lead}")
     return "\n".join(lines)
 
 
@@ -451,12 +465,15 @@ def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
                  + (", ".join(map(str, needed)) if needed else "none"))
     costly = [block for block in range(blocks)
               if any(verdict(u["removed"]) == "loss" for u in uses if u["block"] == block)]
-    same = [block for block in costly
-            if max((u for u in uses if u["block"] == block), key=lambda u: u["share"])["branch"]
+    shares = shares_of(weights)
+    led = [block for block in costly if leading_branch(shares[block]) is not None]
+    same = [block for block in led if leading_branch(shares[block])
             == min((u for u in uses if u["block"] == block), key=lambda u: u["removed"].points)["branch"]]
-    lines.append(f"the branch with the largest share is the costliest to remove in {len(same)} of the "
-                 f"{len(costly)} blocks where removing a branch costs accuracy" if costly else
-                 "no removal costs accuracy beyond the noise: the ablation cannot tell the branches apart")
+    if not costly:
+        lines.append("no removal costs accuracy beyond the noise: the ablation cannot tell the branches apart")
+    elif led:
+        lines.append(f"the branch with the largest share is the costliest to remove in {len(same)} of the "
+                     f"{len(led)} blocks where removing a branch costs accuracy")
     return "\n".join(lines)
 
 
@@ -554,9 +571,13 @@ def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
 
 
 def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
-    """In how many (run, block) pairs the branch with the largest share at epoch 0 still has it at the end."""
-    pairs = [(run.history.shares[0, block].argmax() == run.history.shares[-1, block].argmax())
-             for run in runs for block in range(run.history.shares.shape[1])]
+    """In how many (run, block) pairs the branch with the largest share at epoch 0 still has it at the end.
+
+    Blocks where no single branch leads at epoch 0 are not counted.
+    """
+    pairs = [first == leading_branch(run.history.shares[-1, block])
+             for run in runs for block in range(run.history.shares.shape[1])
+             if (first := leading_branch(run.history.shares[0, block])) is not None]
     return int(sum(pairs)), len(pairs)
 
 
@@ -597,8 +618,9 @@ def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "
         lines.append("- with a single seed for some mixing there is no spread to judge a difference "
                      "by: run the sweep with more seeds (seeds) before concluding anything.")
         return "\n".join(lines)
-    lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
-                 f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
+    if pairs:
+        lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
+                     f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
     lines.append("- branches in use: " + (
         f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
         "seeds' spreads." if more_branches else

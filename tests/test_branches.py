@@ -9,6 +9,7 @@ from nbhelpers.branches import (AblationRow, BranchRecordError, Spread, ablation
                                 branch_history,
                                 branch_use_table, collect_branch_weights, compare_branch_use,
                                 compare_spreads, describe_ablation, describe_branch_use,
+                                describe_class_differences,
                                 describe_mixing_study, effective_branches, extreme_image_rows,
                                 fixed_weights, format_ablation, initial_model, mean_weight_per_class,
                                 mixing_overridden, mixing_table, most_extreme_images, moved_share,
@@ -228,6 +229,8 @@ def test_branch_history_reads_branch_weights_csv_and_compare_says_whether_the_le
     assert lines[0].endswith("the largest share: branch 0 at epoch 0, branch 0 at epoch 1 (the same branch)")
     assert "branch 0 50% -> 10%, branch 1 50% -> 90%" in lines[1]
     assert "40% of the share moved between branches" in lines[1]
+    alike = torch.full((1, 3), 1 / 3)
+    assert compare_branch_use(alike, alike).endswith("no single branch has the largest share")
     with pytest.raises(BranchRecordError, match="has no branch_weights.csv"):
         branch_history([], "runs/old")
 
@@ -238,6 +241,13 @@ def test_standard_error_per_class_is_the_spread_of_a_class_mean():
     errors = standard_error_per_class(weights, labels, 2)
     assert torch.allclose(errors, torch.tensor([[[np.sqrt(2) / np.sqrt(2)], [np.sqrt(8) / np.sqrt(2)]]],
                                                dtype=torch.float32))
+    means = mean_weight_per_class(weights, labels, 2)
+    assert describe_class_differences(means, errors, ("a", "b")) == \
+        "block 0, branch 0: highest b (+7.000), lowest a (+2.000): a gap of 5.000, 2 standard errors"
+    same = torch.full((1, 4, 3), 1 / 3)  # "equal": no class can differ
+    assert describe_class_differences(mean_weight_per_class(same, labels, 2),
+                                      standard_error_per_class(same, labels, 2), ("a", "b")) == \
+        "block 0: every image gets the same weights; no class differs"
 
 
 def test_branch_use_and_the_closing_note_follow_the_numbers():
@@ -293,7 +303,7 @@ def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):
     (folder / "config.json").write_text(json.dumps({"config": config.to_dict()}))
     write_table(folder / "history.csv", [{"epoch": 1, "train_loss": 2.0, "train_acc": 20.0, "test_loss": 2.0,
                                           "test_acc": final_acc, "lr": 0.004, "seconds": 3.0}])
-    start = [1 / 3] * 3
+    start = [0.5, 0.3, 0.2] if mixing != "equal" else [1 / 3] * 3
     write_table(folder / "branch_weights.csv",
                 [{"epoch": e, "block": k, "branch": b, "mean": values[b], "mean_abs": values[b]}
                  for e, values in ((0, start), (1, shares_end)) for k in range(3) for b in range(3)])
@@ -313,7 +323,7 @@ def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(
     assert groups["equal"][0].parameters < groups["seed"][0].parameters  # no linear layers
     assert groups["equal"][0].step_flops < groups["seed"][0].step_flops == groups["softmax"][0].step_flops
     table = mixing_table(groups)
-    assert "| seed | 3 | 32.00 ± 2.00 | 3.00 → 1.23 ± 0.00;" in table
+    assert "| seed | 3 | 32.00 ± 2.00 | 2.63 → 1.23 ± 0.00;" in table
     note = describe_mixing_study(groups)
     assert "softmax: 33.00 ± 2.00% (+1.00 points against seed: a tie (inside the seeds' spreads))" in note
     assert "equal: 41.00 ± 1.00% (+9.00 points against seed: higher, beyond the seeds' spreads)" in note
