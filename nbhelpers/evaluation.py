@@ -133,6 +133,11 @@ def format_calibration(table: Calibration) -> str:
             lines.append(f"{span:<13}{count:>8,}{'-':>17}{'-':>9}")
     lines.append(f"expected calibration error: {table.expected_calibration_error:.2f} points "
                  "(the gap between confidence and accuracy, averaged over the images)")
+    filled = table.counts > 0
+    under = int(table.counts[filled & (table.accuracy > table.confidence)].sum())
+    over = int(table.counts[filled & (table.accuracy < table.confidence)].sum())
+    lines.append(f"images in bins right more often than sure (under-confident): {under:,}; "
+                 f"right less often than sure (over-confident): {over:,}")
     return "\n".join(lines)
 
 

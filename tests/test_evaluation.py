@@ -35,6 +35,8 @@ def test_calibration_bins_by_confidence_and_counts_how_often_each_bin_is_right()
     assert calibration(certain, torch.tensor([0])).counts.tolist() == [0] * 9 + [1]
     text = format_calibration(table)
     assert "0.9-1.0" in text and "75.0%" in text and "expected calibration error" in text
+    # Bins 0.1-0.2 (1 of 1 right at 0.15) and 0.3-0.4 are under-confident; 0.2-0.3 and 0.9-1.0 over-confident.
+    assert text.endswith("under-confident): 2; right less often than sure (over-confident): 5")
 
 
 def test_a_model_right_exactly_as_often_as_it_is_sure_has_no_calibration_error():
