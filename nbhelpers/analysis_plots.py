@@ -311,7 +311,7 @@ def branch_weights_by_epoch(history) -> Figure:
 # --------------------------------------------------------------------------
 
 MIXING_COLORS = {"seed": "tab:red", "softmax": "tab:blue", "sigmoid": "tab:green", "equal": "0.45"}
-SEED_STYLES = ("-", "--", ":", "-.")
+SEED_STYLES = ("-", "--", ":")
 
 
 def mixing_accuracy(groups: dict) -> Figure:
@@ -357,18 +357,21 @@ def mixing_effective_branches(groups: dict) -> Figure:
         ax.set_xlabel("epoch (0: untrained)")
         _epoch_axis(ax, first.epochs)
     axes[0, 0].set_ylabel("effective number of branches\n(1: one branch, 3: all alike)")
-    axes[0, -1].legend(fontsize=8, title="mixing (thin: each seed)", title_fontsize=8)
+    # Outside the panels, where it covers no line.
+    axes[0, -1].legend(fontsize=8, title="mixing (thin: each seed)", title_fontsize=8,
+                       loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle("How many branches each mixing uses, through training")
     fig.tight_layout()
     return fig
 
 
-def mixing_weights_by_epoch(groups: dict) -> Figure:
+def mixing_weights_by_epoch(groups: dict, seeds_shown: int = len(SEED_STYLES)) -> Figure:
     """Each block's mean branch weights a through training: a row per mixing, a column per block.
 
-    Colour: the branch; line style: the seed (solid the first). Each row has
-    its own scale, since the mixings' weights differ in size (softmax's sum to
-    one, sigmoid's lie in 0..1, the seed's are unbounded).
+    Colour: the branch; line style: the seed (solid the first; the first
+    `seeds_shown` seeds, more would hide each other). Each row has its own
+    scale, since the mixings' weights differ in size (softmax's sum to one,
+    sigmoid's lie in 0..1, the seed's are unbounded).
     """
     first = next(iter(groups.values()))[0].history
     blocks, branches = first.mean.shape[1], first.mean.shape[2]
@@ -377,7 +380,7 @@ def mixing_weights_by_epoch(groups: dict) -> Figure:
     for row, (mixing, runs) in enumerate(groups.items()):
         for block in range(blocks):
             ax = axes[row, block]
-            for index, run in enumerate(runs):
+            for index, run in enumerate(runs[:seeds_shown]):
                 for branch in range(branches):
                     ax.plot(run.history.epochs, run.history.mean[:, block, branch].numpy(),
                             color=BRANCH_COLORS[branch % len(BRANCH_COLORS)],
@@ -391,6 +394,8 @@ def mixing_weights_by_epoch(groups: dict) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel("epoch (0: untrained)")
     axes[0, -1].legend(fontsize=7, loc="best")
-    fig.suptitle("Mean branch weights through training (line style: the seed, solid the first)")
+    shown = min(seeds_shown, max(len(runs) for runs in groups.values()))
+    fig.suptitle(f"Mean branch weights through training (line style: the seed, solid the first; "
+                 f"{shown} seed{'s' if shown > 1 else ''})")
     fig.tight_layout()
     return fig
