@@ -30,7 +30,7 @@ from torchvision.datasets.utils import calculate_md5, download_url
 
 from .config import ConfigError
 from .errors import ExplainedError
-from .runtime import DATA_DIR
+from .runtime import DATA_DIR, project_path
 
 FOLDER = _TorchvisionCIFAR10.base_folder  # "cifar-10-batches-py"
 TRAIN_FILES = [name for name, _ in _TorchvisionCIFAR10.train_list]
@@ -99,9 +99,9 @@ class UnofficialCopyWarning(UserWarning):
 # --------------------------------------------------------------------------
 
 def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: `root` if given, else $CIFAR10_ROOT, else the project's data/."""
+    """The data root: `root` if given (relative: to the project), else $CIFAR10_ROOT, else data/."""
     if root:
-        return Path(root).expanduser()
+        return project_path(root)
     if os.environ.get("CIFAR10_ROOT"):
         return Path(os.environ["CIFAR10_ROOT"]).expanduser()
     return DATA_DIR

@@ -51,7 +51,8 @@ import torch
 from .config import ConfigError, TrainConfig, make_config
 from .errors import ExplainedError
 from .locking import LOCK, check_not_in_use, folder_lock
-from .runtime import PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, pick_device
+from .runtime import (PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name,
+                      pick_device, project_path)
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 STEPS, BRANCH_WEIGHTS = "steps.csv", "branch_weights.csv"
@@ -452,10 +453,10 @@ def choose_run_dir(config: TrainConfig) -> Path:
     resumed one: run_dir, or the latest unfinished run under runs/.
     """
     if not config.resume:
-        run_dir = Path(config.run_dir) if config.run_dir else new_run_dir()
+        run_dir = project_path(config.run_dir) if config.run_dir else new_run_dir()
         check_new_run_dir(run_dir)
         return run_dir
-    run_dir = Path(config.run_dir) if config.run_dir else run_to_resume()
+    run_dir = project_path(config.run_dir) if config.run_dir else run_to_resume()
     check_path_is_usable(run_dir)
     if not run_dir.is_dir():
         raise ResumeError(f"resume=True, but {run_dir} holds no run to continue (the folder does not "
@@ -558,7 +559,7 @@ def load_run(run_dir: str | Path | None = None, device: torch.device | str | Non
     """
     from .train import build_model  # train imports this module
 
-    run_dir = Path(run_dir) if run_dir else latest_run_dir(finished=not unfinished)
+    run_dir = project_path(run_dir) if run_dir else latest_run_dir(finished=not unfinished)
     if not run_dir.is_dir():
         raise RunFolderError(f"run_dir={str(run_dir)!r} is not a folder: name a run folder "
                              "(runs/<name>), or leave run_dir empty for the latest finished run.")

@@ -24,6 +24,16 @@ RUNS_DIR = PROJECT_ROOT / "runs"
 FIGURES_DIR = PROJECT_ROOT / "figures"
 
 
+def project_path(path: str | os.PathLike) -> Path:
+    """`path` itself if absolute; otherwise taken from the project's root, not the working folder.
+
+    A notebook's kernel works in notebooks/ under JupyterLab and in the project's
+    root under papermill: `-p run_dir runs/mine` means the same folder in both.
+    """
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (every CUDA device too).
 

@@ -260,6 +260,19 @@ def test_a_figures_dir_that_cannot_hold_figures_says_so(tmp_path, kind):
     plt.close(fig)
 
 
+def test_a_relative_run_dir_means_the_same_folder_from_jupyterlab_and_from_papermill(
+        synthetic_data, tmp_path, monkeypatch):
+    """JupyterLab's kernel works in notebooks/, papermill's in the project: both take runs/x from the project."""
+    project = tmp_path / "project"
+    monkeypatch.setattr("nbhelpers.runtime.PROJECT_ROOT", project)
+    (project / "notebooks").mkdir(parents=True)
+    monkeypatch.chdir(project / "notebooks")
+    run = T.fit(data=synthetic_data, run_dir="runs/x", num_epochs=1, **TINY)
+    assert run.run_dir == project / "runs" / "x" and (project / "runs" / "x" / R.WEIGHTS).is_file()
+    assert not (project / "notebooks" / "runs").exists()
+    assert R.load_run("runs/x", device="cpu").run_dir == project / "runs" / "x"
+
+
 def test_a_run_dir_that_is_a_file_is_refused_for_resume_too(synthetic_data, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(R.RunFolderError, match="is a file, not a folder"):
