@@ -26,7 +26,13 @@ compare: $(STAMP)
 	mkdir -p runs
 	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep $(SWEEP) --log-output
 
-# Unit tests, then all four notebooks through nbval on reduced settings.
+# Notebook 06: runs what is missing of the mixing sweep (4 mixings x 3 seeds; small on a CPU), then compares them.
+.PHONY: study
+study: $(STAMP)
+	mkdir -p runs
+	$(VENV)/bin/papermill notebooks/06_branch_mixing.ipynb runs/06_branch_mixing.ipynb --log-output
+
+# Unit tests, then every notebook through nbval at the tests' size.
 test: $(STAMP)
 	rm -rf $(NBVAL)
 	$(PY) -m nbhelpers.series --size tiny --prepare-only $(NBVAL)

@@ -37,13 +37,15 @@ NOTEBOOKS = ("01_data_exploration", "02_model", "03_train", "04_evaluate")
 # Runs side by side: its own job (`make compare`), since it trains a whole sweep;
 # the tests run it too, on a sweep of two tiny runs.
 COMPARE = "05_compare"
-ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE,)
+# What the branch mixing should have been: its own job too (`make study`), a sweep of mixings.
+STUDY = "06_branch_mixing"
+ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE, STUDY)
 
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
     """The papermill parameters of each notebook, for a named size (nbhelpers.sizes).
 
-    At the tests' size, 05 is included and compares a sweep of two tiny runs
-    of its own (per-batch and per-epoch Ranger) beside the run folder.
+    At the tests' size, 05 and 06 are included, each on a sweep of two tiny runs
+    of its own (per-batch and per-epoch Ranger; the seed's and softmax mixing).
     """
     common = {"figures_dir": str(figures_dir), "data_dir": data_dir}
     parameters = {
@@ -58,6 +60,9 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
     if size == "tiny":
         parameters[COMPARE] = dict(common, size="tiny", only="ranger-batch,ranger-epoch",
                                    sweep_dir=str(run_dir.parent / "sweep"))
+        # Two mixings, one seed each: no spread, so 06 says it gives no verdict.
+        parameters[STUDY] = dict(common, size="tiny", seeds=1, only="seed,softmax",
+                                 sweep_dir=str(run_dir.parent / "mixing-sweep"))
     return parameters
 
 
