@@ -18,13 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import ExplainedError
-from .runtime import PROJECT_ROOT
+from .runtime import project_path
 
 
 class FiguresError(ExplainedError, OSError):
     """The figures' folder cannot be written."""
 
 MISTAKE, CORRECT = "tab:red", "tab:green"
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:green", "test": "tab:orange"}
 BRANCH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -49,8 +50,7 @@ def save(fig: Figure, name: str, *folders: str | Path | None) -> None:
     for folder in folders:
         if folder in (None, ""):
             continue
-        folder = Path(folder)
-        folder = folder if folder.is_absolute() else PROJECT_ROOT / folder
+        folder = project_path(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -164,13 +164,14 @@ def training_curves(history: Sequence[dict[str, float]], steps: Sequence[dict[st
     if steps:
         per_epoch = steps_per_epoch or steps_per_epoch_of(steps)
         axes[0].plot([row["step"] / per_epoch for row in steps], [row["train_loss"] for row in steps],
-                     linewidth=0.8, alpha=0.8, color="tab:blue", label="train (every few steps)")
+                     linewidth=0.8, alpha=0.8, color=SPLIT_COLORS["train"], label="train (every few steps)")
     for split in splits:
+        color = SPLIT_COLORS[split]
         by_step = split == "train" and bool(steps)
-        style = dict(marker="o", linestyle="none", color="tab:blue") if by_step else dict(marker=".")
-        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history],
+        style = dict(marker="o", linestyle="none") if by_step else dict(marker=".")
+        axes[0].plot(epochs, [r[f"{split}_loss"] for r in history], color=color,
                      label="train (epoch mean)" if by_step else split, **style)
-        axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", label=split)
+        axes[1].plot(epochs, [r[f"{split}_acc"] for r in history], marker=".", color=color, label=split)
     if lrs and steps_per_epoch:
         axes[2].plot(np.arange(len(lrs)) / steps_per_epoch, lrs, color="tab:purple")
         lr_title = "Learning rate (every step)"
@@ -432,14 +433,17 @@ def gradient_centralization(effects: Sequence) -> Figure:
 def effective_step(schedules: dict[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
     """The schedule's learning rate and what RAdam's r_t lets through of it (lr x r_t).
 
-    `schedules`: {label: (lr per step, lr x r_t per step)}. The x axis is the share
-    of the run, so that runs of different lengths line up (OneCycleLR peaks at 30% of each).
+    `schedules`: {label: (lr per step, lr x r_t per step)}, runs of one recipe and
+    different lengths. The x axis is the share of the run, so that they line up: the
+    schedule is then one and the same curve (OneCycleLR peaks at 30% of any run).
     """
     fig, ax = plt.subplots(figsize=(9, 3.8))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first = next(iter(schedules.values()))[0]
+    ax.plot(np.arange(1, len(first) + 1) / len(first), first, linestyle="--", linewidth=1, color="gray",
+            label="lr, the schedule (the same shape for every length)")
     for (label, (lrs, effective)), color in zip(schedules.items(), palette):
         share = np.arange(1, len(lrs) + 1) / len(lrs)
-        ax.plot(share, lrs, linestyle="--", linewidth=0.9, color=color, label=f"{label}: lr")
         ax.plot(share, effective, color=color, label=f"{label}: lr x r_t")
         peak = int(np.argmax(lrs))
         ax.plot(share[peak], effective[peak], "o", color=color)
