@@ -15,16 +15,18 @@ NBVAL  := build/nbval
 demo: $(STAMP)
 	$(PY) -m nbhelpers.series
 
-# The sweep that notebook 05 compares, resumable (README: Sweeps); SWEEP=parts for another.
+# The sweep that notebook 05 compares, resumable, each run over 3 seeds (README: Sweeps); SWEEP=parts for another.
 SWEEP ?= optimizers
 .PHONY: sweep compare
 sweep: $(STAMP)
-	$(PY) -m nbhelpers.sweep $(SWEEP)
+	$(PY) -m nbhelpers.sweep $(SWEEP) --seeds 3
 
-# Notebook 05: runs what is missing of the sweep, then shows the runs side by side.
+# Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 3 seeds
+# (24 + 12 runs of the size small on a CPU; Ranger per batch is trained in both).
 compare: $(STAMP)
 	mkdir -p runs
-	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep $(SWEEP) --log-output
+	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep optimizers -p seeds 3 --log-output
+	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare-parts.ipynb -p sweep parts -p seeds 3 --log-output
 
 # Notebook 06: runs what is missing of the mixing sweep (4 mixings x 3 seeds; small on a CPU), then compares them.
 .PHONY: study

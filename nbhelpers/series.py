@@ -44,8 +44,8 @@ ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE, STUDY)
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
     """The papermill parameters of each notebook, for a named size (nbhelpers.sizes).
 
-    At the tests' size, 05 and 06 are included, each on a sweep of two tiny runs
-    of its own (per-batch and per-epoch Ranger; the seed's and softmax mixing).
+    At the tests' size, 05 and 06 are included, each on a sweep of its own: per-batch
+    and per-epoch Ranger over two seeds; the seed's and softmax mixing over one.
     """
     common = {"figures_dir": str(figures_dir), "data_dir": data_dir}
     parameters = {
@@ -58,7 +58,7 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
                             **({"ablation_images": 2000} if size == "demo" and not data_dir else {})),
     }
     if size == "tiny":
-        parameters[COMPARE] = dict(common, size="tiny", only="ranger-batch,ranger-epoch",
+        parameters[COMPARE] = dict(common, size="tiny", seeds=2, only="ranger-batch,ranger-epoch",
                                    sweep_dir=str(run_dir.parent / "sweep"))
         # Two mixings, one seed each: no spread, so 06 says it gives no verdict.
         parameters[STUDY] = dict(common, size="tiny", seeds=1, only="seed,softmax",
