@@ -3,8 +3,9 @@
     python -m nbhelpers.reference                 # the size "auto" picks; its name says which
     python -m nbhelpers.reference --name cpu-demo # explicitly
 
-One command does it all: it runs the series (01-04 at the size given; 05 and
-06 at the sweeps' CPU size, `small`), then copies what a reader should see
+One command does it all: it runs the series (01-04 at the size given; 05, on
+the sweeps optimizers and parts, and 06 at the sweeps' CPU size, `small`, as
+`make compare` and `make study` do), then copies what a reader should see
 without running anything into the repository:
 
     reference/<name>/*.ipynb       the executed notebooks, outputs included
@@ -34,8 +35,11 @@ REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
 RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.reference -->", "<!-- results end -->"
 # The sweeps' notebooks run at the CPU sweep size in every reference run: at full size
-# a sweep is many 60-epoch runs, and on a GPU `small` takes seconds a run.
-SWEEP_NOTEBOOKS = ("05_compare", "06_branch_mixing")
+# a sweep is many 60-epoch runs, and on a GPU `small` takes seconds a run. As
+# `make compare` and `make study`: 05 on two sweeps, 06 on the mixings, 3 seeds each.
+SWEEP_NOTEBOOKS = {"05_compare": ("05_compare", {"sweep": "optimizers", "seeds": 3}),
+                   "05_compare-parts": ("05_compare", {"sweep": "parts", "seeds": 3}),
+                   "06_branch_mixing": ("06_branch_mixing", {"seeds": 3})}
 # The seed's own result, as its notebook printed it (not a run of this project).
 SEED_ROW = {"name": "the seed (its Colab notebook)", "device": "a Colab GPU (not recorded)",
             "epochs": 60, "final_test_acc": 88.39, "best_test_acc": 89.21, "best_epoch": 55,
@@ -56,21 +60,20 @@ def run_reference(name: str, size: str) -> Path:
         old.unlink()  # the figures are this run's, none left over from an earlier one
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
-    for notebook in SWEEP_NOTEBOOKS:
-        if (NOTEBOOKS_DIR / f"{notebook}.ipynb").exists():
-            run_notebook(notebook, executed, {"size": "small", "figures_dir": str(figures),
-                                              "data_dir": _data_dir_of(base)})
+    for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
+        run_notebook(notebook, executed / f"{output}.ipynb",
+                     dict(parameters, size="small", figures_dir=str(figures), data_dir=_data_dir_of(base)))
     return publish(name, size, base)
 
 
-def run_notebook(notebook: str, out_dir: Path, parameters: dict[str, Any]) -> None:
+def run_notebook(notebook: str, output: Path, parameters: dict[str, Any]) -> None:
     import papermill
 
     from .series import NOTEBOOKS_DIR
-    print(f"--- {notebook} {parameters}", flush=True)
-    papermill.execute_notebook(NOTEBOOKS_DIR / f"{notebook}.ipynb", out_dir / f"{notebook}.ipynb",
-                               parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS_DIR),
-                               log_output=True, progress_bar=False)
+    print(f"--- {notebook} -> {output.name} {parameters}", flush=True)
+    papermill.execute_notebook(NOTEBOOKS_DIR / f"{notebook}.ipynb", output, parameters=parameters,
+                               kernel_name="python3", cwd=str(NOTEBOOKS_DIR), log_output=True,
+                               progress_bar=False)
 
 
 def _data_dir_of(base: Path) -> str:
