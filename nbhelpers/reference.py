@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import time
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme-only", action="store_true",
                         help="only rewrite the README's Results table from reference/*/results.json")
     args = parser.parse_args(argv)
+    # papermill logs the notebooks' output (one line per epoch) at INFO, as the series does.
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("papermill").setLevel(logging.INFO)
     if args.readme_only:
         write_readme_results()
         return
