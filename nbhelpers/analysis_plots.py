@@ -157,7 +157,8 @@ def class_branch_heatmaps(per_class: torch.Tensor, standard_errors: torch.Tensor
         ax.set_xticks(range(branches), [f"{b}\n{column_means[b]:+.3f}" for b in range(branches)], fontsize=8)
         ax.set_xlabel("branch (below it: its mean a)", fontsize=9)
         ax.set_yticks(range(len(classes)), classes if block == 0 else [])
-        ax.set_title(f"block {block}\n(standard error of a cell up to {float(standard_errors[block].max()):.3f})",
+        # Two significant digits: a block's errors can lie far below the cells' third decimal.
+        ax.set_title(f"block {block}\n(standard error of a cell up to {float(standard_errors[block].max()):.2g})",
                      fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.08, label="class mean minus branch mean" if block == blocks - 1 else None)
     axes[0, 0].set_ylabel("true class")
@@ -237,12 +238,21 @@ def ablation_differences(rows: Sequence) -> Figure:
     return fig
 
 
+def _wilson_interval(share: np.ndarray, count: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% Wilson interval of a binomial share: unlike share ± z·se, never zero wide at 0 or 1."""
+    centre = (share + z ** 2 / (2 * count)) / (1 + z ** 2 / count)
+    half = z * np.sqrt(share * (1 - share) / count + z ** 2 / (4 * count ** 2)) / (1 + z ** 2 / count)
+    return centre - half, centre + half
+
+
 def reliability_diagram(table) -> Figure:
     """How sure the model is against how often it is right (nbhelpers.evaluation.calibration).
 
-    Top: per confidence bin, the share of its images predicted right (bars)
-    and the diagonal a calibrated model would follow; bars below the
-    diagonal are overconfidence. Bottom: how many images each bin holds.
+    Top: per confidence bin, the share of its images predicted right (bars),
+    with its 95% interval at the bin's mean confidence, and the diagonal a
+    calibrated model would follow; bars below the diagonal are overconfidence,
+    and a gap whose interval reaches the diagonal is within the bin's noise.
+    Bottom: how many images each bin holds.
     """
     edges = table.edges.numpy()
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
@@ -251,8 +261,12 @@ def reliability_diagram(table) -> Figure:
                                       gridspec_kw={"height_ratios": [3, 1.3]})
     top.bar(centres[filled], table.accuracy.numpy()[filled], width[filled], color="tab:blue",
             edgecolor="white", label="share right in the bin")
-    top.scatter(table.confidence.numpy()[filled], table.accuracy.numpy()[filled], color="black", s=12,
-                zorder=3, label="at the bin's mean confidence")
+    accuracy, counts = table.accuracy.numpy()[filled], table.counts.numpy()[filled]
+    low, high = _wilson_interval(accuracy, counts)
+    top.errorbar(table.confidence.numpy()[filled], accuracy, yerr=[accuracy - low, high - accuracy],
+                 fmt="o", color="black",
+                 markersize=3.5, capsize=2.5, linewidth=1, zorder=3,
+                 label="at the bin's mean confidence, 95% interval")
     top.plot([0, 1], [0, 1], color="tab:red", linestyle="--", label="calibrated: right as often as sure")
     top.set_ylim(0, 1)
     top.set_ylabel("share predicted right")

@@ -276,7 +276,7 @@ def lookahead_paths(lookahead, plain, loss_fn, k: int, alpha: float) -> Figure:
     ax.set_xlabel("weight 1")
     ax.set_ylabel("weight 2")
     ax.set_title("Ranger on a narrow valley with noisy gradients")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")  # a fixed corner covered the first, largest steps
     for path, label, color in ((plain, without, "tab:gray"), (lookahead, with_, "tab:blue")):
         loss_ax.plot(range(1, len(path.loss) + 1), path.loss, color=color, label=label)
     loss_ax.set_yscale("log")
