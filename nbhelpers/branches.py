@@ -467,14 +467,26 @@ def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
               if any(verdict(u["removed"]) == "loss" for u in uses if u["block"] == block)]
     shares = shares_of(weights)
     led = [block for block in costly if leading_branch(shares[block]) is not None]
-    same = [block for block in led if leading_branch(shares[block])
-            == min((u for u in uses if u["block"] == block), key=lambda u: u["removed"].points)["branch"]]
+    costliest = {block: costliest_removal([u for u in uses if u["block"] == block]) for block in led}
+    clear = [block for block in led if costliest[block] is not None]
+    same = [block for block in clear if leading_branch(shares[block]) == costliest[block]]
     if not costly:
         lines.append("no removal costs accuracy beyond the noise: the ablation cannot tell the branches apart")
     elif led:
+        tied = [block for block in led if costliest[block] is None]
         lines.append(f"the branch with the largest share is the costliest to remove in {len(same)} of the "
-                     f"{len(led)} blocks where removing a branch costs accuracy")
+                     f"{len(clear)} blocks whose costliest removal stands out from the next one"
+                     + (f"; in block{'s' * (len(tied) > 1)} {', '.join(map(str, tied))} the two costliest "
+                        "removals tie (their intervals overlap)" if tied else ""))
     return "\n".join(lines)
+
+
+def costliest_removal(uses: list[dict]) -> int | None:
+    """The branch whose removal costs a block the most, if its interval clears the next one's; else None."""
+    ranked = sorted(uses, key=lambda u: u["removed"].points)
+    if len(ranked) > 1 and ranked[0]["removed"].high >= ranked[1]["removed"].low:
+        return None  # the two costliest overlap: a tie
+    return ranked[0]["branch"]
 
 
 # --------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class Calibration:
     counts: torch.Tensor     # (bins,) images per bin
     confidence: torch.Tensor  # (bins,) mean confidence of the bin's images
     accuracy: torch.Tensor   # (bins,) share of the bin's images predicted right
+    mean_gap: "Difference"   # right (1 or 0) minus sure, per image, averaged: which way the model leans
 
     @property
     def expected_calibration_error(self) -> float:
@@ -119,7 +120,15 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> C
     zeros = torch.zeros(bins, dtype=torch.float64)
     mean_confidence = zeros.index_add(0, which, confidence.double()) / counts  # 0 / 0: NaN when empty
     mean_right = zeros.index_add(0, which, right) / counts
-    return Calibration(edges, counts, mean_confidence, mean_right)
+    return Calibration(edges, counts, mean_confidence, mean_right,
+                       mean_with_interval(100 * (right - confidence.double())))
+
+
+def mean_with_interval(values: torch.Tensor) -> "Difference":
+    """The mean of per-image values with its 95% interval (normal approximation: the images are many)."""
+    mean = float(values.mean())
+    half = 1.96 * float(values.std()) / len(values) ** 0.5 if len(values) > 1 else float("inf")
+    return Difference(mean, mean - half, mean + half)
 
 
 def format_calibration(table: Calibration) -> str:
@@ -133,11 +142,10 @@ def format_calibration(table: Calibration) -> str:
             lines.append(f"{span:<13}{count:>8,}{'-':>17}{'-':>9}")
     lines.append(f"expected calibration error: {table.expected_calibration_error:.2f} points "
                  "(the gap between confidence and accuracy, averaged over the images)")
-    filled = table.counts > 0
-    under = int(table.counts[filled & (table.accuracy > table.confidence)].sum())
-    over = int(table.counts[filled & (table.accuracy < table.confidence)].sum())
-    lines.append(f"images in bins right more often than sure (under-confident): {under:,}; "
-                 f"right less often than sure (over-confident): {over:,}")
+    gap = table.mean_gap
+    leaning = ("under-confident on average" if gap.low > 0 else "over-confident on average"
+               if gap.high < 0 else "calibrated on average, within the noise")
+    lines.append(f"right minus sure, over all {int(table.counts.sum()):,} images: {gap}: {leaning}")
     return "\n".join(lines)
 
 

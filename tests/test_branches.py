@@ -273,7 +273,13 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
     assert "removing it helps (interval above 0): block 1 branch 1 (share 0%)" in note
     assert "blocks where removing more than one branch costs accuracy: 1" in note
     assert note.endswith("the branch with the largest share is the costliest to remove in 2 of the 2 blocks "
-                         "where removing a branch costs accuracy")
+                         "whose costliest removal stands out from the next one")
+    # Block 1's two costliest removals made to overlap: a tie, not a ranking.
+    close = [AblationRow(r.change, r.accuracy, r.baseline, Difference(-36.0, -39.0, -33.0))
+             if r.change == "block 1: without branch 2" else r for r in rows]
+    assert describe_ablation(close, weights).endswith(
+        "in 1 of the 1 blocks whose costliest removal stands out from the next one; in block 1 the two "
+        "costliest removals tie (their intervals overlap)")
     ties = [AblationRow(row.change, 50.0, 50.0, Difference(0, 0, 0)) for row in rows]
     assert describe_ablation(ties, weights).endswith("no removal costs accuracy beyond the noise: the "
                                                      "ablation cannot tell the branches apart")

@@ -35,8 +35,13 @@ def test_calibration_bins_by_confidence_and_counts_how_often_each_bin_is_right()
     assert calibration(certain, torch.tensor([0])).counts.tolist() == [0] * 9 + [1]
     text = format_calibration(table)
     assert "0.9-1.0" in text and "75.0%" in text and "expected calibration error" in text
-    # Bins 0.1-0.2 (1 of 1 right at 0.15) and 0.3-0.4 are under-confident; 0.2-0.3 and 0.9-1.0 over-confident.
-    assert text.endswith("under-confident): 2; right less often than sure (over-confident): 5")
+    # Right minus sure per image, averaged: (0.85 - 0.25 + 0.65 + 0.05 + 0.08 - 0.91 + 0.000001) / 7.
+    expected = 100 * (0.85 - 0.25 + 0.65 + 0.05 + 0.08 - 0.91 + 0.000001) / 7
+    assert table.mean_gap.points == pytest.approx(expected, abs=1e-3)
+    assert table.mean_gap.low < 0 < table.mean_gap.high  # 7 images: far too few to say which way
+    assert text.endswith(f"{table.mean_gap}: calibrated on average, within the noise")
+    sure_and_wrong = calibration(_logits_with_confidence([0.9] * 400), torch.ones(400, dtype=torch.long))
+    assert format_calibration(sure_and_wrong).endswith("over-confident on average")
 
 
 def test_a_model_right_exactly_as_often_as_it_is_sure_has_no_calibration_error():
