@@ -197,15 +197,24 @@ def stop_server(server: subprocess.Popen, base: str, token: str) -> None:
 
 # Everything read from the page: code cells in order, each with its prompt, its output
 # text (textContent: also for cells out of view), images that loaded, a widget bar.
-READ_CELLS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')]
+READ_CELLS = """() => {
+  // A highlighted code listing carries its CSS in a <style>, whose comments name
+  // "Generic.Traceback": that is no error a student sees, so styles are left out.
+  const withoutStyles = output => {
+    const copy = output.cloneNode(true);
+    copy.querySelectorAll('style, script').forEach(element => element.remove());
+    return copy.textContent;
+  };
+  return [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell')]
   .map(cell => ({
     prompt: (cell.querySelector('.jp-InputPrompt') || {}).textContent || '',
-    text: [...cell.querySelectorAll('.jp-OutputArea-output')].map(o => o.textContent).join('\\n'),
+    text: [...cell.querySelectorAll('.jp-OutputArea-output')].map(withoutStyles).join('\\n'),
     images: [...cell.querySelectorAll('.jp-OutputArea-output img')]
               .filter(img => img.complete && img.naturalWidth > 0).length,
     imageKey: [...cell.querySelectorAll('.jp-OutputArea-output img')].map(img => img.src.slice(-64)).join(),
     bars: cell.querySelectorAll('.jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .progress-bar').length,
-  }))"""
+  }));
+}"""
 
 
 def open_notebook(page, base: str, token: str, relative: str) -> None:
@@ -281,8 +290,9 @@ def problems_in(cells: list[dict], sources: list[str]) -> list[str]:
         where = f"code cell {index + 1} ({source.strip().splitlines()[0][:50] if source.strip() else 'empty'})"
         if not re.fullmatch(r"\[\d+\]:", cell["prompt"].strip()):
             problems.append(f"{where} was not executed (prompt {cell['prompt']!r})")
-        if "Traceback" in cell["text"] or ERROR_LINE.search(cell["text"]):
-            problems.append(f"{where} shows an error: {cell['text'][-300:]!r}")
+        error = re.search(r"Traceback.*", cell["text"]) or ERROR_LINE.search(cell["text"])
+        if error:
+            problems.append(f"{where} shows an error: {error.group(0)[:300]!r}")
         for marker in UNRENDERED:
             if marker in cell["text"]:
                 problems.append(f"{where} shows an unrendered widget ({marker!r})")
