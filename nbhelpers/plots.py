@@ -379,7 +379,7 @@ def run_comparison(settings: Sequence) -> Figure:
                            "Test accuracy (after each epoch)"),
                     ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)"))
     names = ", ".join(settings[0].varying) if settings and settings[0].varying else "setting"
-    axes[2].legend(fontsize=8, title=f"{names}: mean over seeds, band +- sd", title_fontsize=8,
+    axes[2].legend(fontsize=8, title=f"{names}: mean over seeds, band ± sd", title_fontsize=8,
                    loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not on them
     fig.tight_layout()
     return fig
@@ -398,7 +398,7 @@ def setting_accuracies(settings: Sequence) -> Figure:
     ax.set_yticks(range(len(settings)), [f"{s.label} ({_seeds(s)})" for s in settings])
     ax.invert_yaxis()
     ax.set_xlabel("final test accuracy (%)")
-    ax.set_title("Final test accuracy: each seed (dots), mean +- one standard deviation (black)")
+    ax.set_title("Final test accuracy: each seed (dots), mean ± one standard deviation (black)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -7,9 +7,9 @@ given explicitly (`-p num_epochs 3`) wins over its size's value.
 | size  | what it is                                   | what it cost where it was measured              |
 | ----- | -------------------------------------------- | ----------------------------------------------- |
 | full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on two    |
-|       |                                              | CPU cores about 8 hours per epoch)              |
+|       |                                              | CPU cores about 8 hours per epoch, weeks in all)|
 | demo  | `make demo`: width 32, 5 epochs, all data    | about 4 minutes for 03 on two CPU cores         |
-| small | a CPU sweep's run (05, 06): width 32,        | about half a minute per run on two CPU cores    |
+| small | a CPU sweep's run (05, 06): width 32,        | under a minute per run on two CPU cores         |
 |       | 3 epochs, 8,000 / 1,000 images               |                                                 |
 | tiny  | the tests' size: width 16, 2 epochs,         | a few seconds per run                           |
 |       | 1,000 / 500 images                           |                                                 |
