@@ -228,10 +228,6 @@ class Setting:
         """The standard deviation of the final accuracies over the seeds (NaN for one seed)."""
         return statistics.stdev(self.finals) if len(self.runs) > 1 else math.nan
 
-    @property
-    def seconds_per_epoch(self) -> float:
-        return statistics.fmean(run.seconds_per_epoch for run in self.runs)
-
 
 def group_settings(runs: Sequence[RunSummary]) -> list[Setting]:
     """The runs grouped by setting (everything but rand_seed), in the order they first appear."""
@@ -248,7 +244,7 @@ class Difference:
     """first's mean final accuracy minus second's, set against the two settings' spread.
 
     It is called real when it is larger than the sum of the two spreads (their
-    mean +- one standard deviation do not overlap); otherwise a tie. With a
+    mean ± one standard deviation do not overlap); otherwise a tie. With a
     single seed on either side there is no spread to compare with: unknown.
     """
 
@@ -300,9 +296,13 @@ def against_the_first(settings: Sequence[Setting]) -> list[Difference]:
 
 
 def markdown_table(settings: Sequence[Setting]) -> str:
-    """A row per setting: its seeds, the final test accuracy's mean and spread, each seed's."""
+    """A row per setting: its seeds, the final test accuracy's mean and spread, each seed's.
+
+    Seconds per epoch are listed seed by seed, not averaged: a run slowed by
+    another job on the machine then shows as the one that stands out.
+    """
     what = ", ".join(settings[0].varying) if settings and settings[0].varying else "setting"
-    lines = [f"| {what} | seeds | epochs | final test acc. (%), mean ± sd | each seed's (%) | seconds per epoch |",
+    lines = [f"| {what} | seeds | epochs | final test acc. (%), mean ± sd | each seed's (%) | each seed's seconds per epoch |",
              "| --- | ---: | ---: | ---: | --- | ---: |"]
     for setting in settings:
         epochs = {f"{len(run.history)}" + ("" if run.finished else f" of {run.config['num_epochs']}")
@@ -310,7 +310,7 @@ def markdown_table(settings: Sequence[Setting]) -> str:
         spread = "" if math.isnan(setting.spread) else f" ± {setting.spread:.2f}"
         lines.append(f"| {setting.label} | {len(setting.runs)} | {', '.join(sorted(epochs))} | "
                      f"{setting.mean:.2f}{spread} | {', '.join(f'{a:.2f}' for a in setting.finals)} | "
-                     f"{setting.seconds_per_epoch:.1f} |")
+                     f"{', '.join(f'{run.seconds_per_epoch:.1f}' for run in setting.runs)} |")
     return "\n".join(lines)
 
 

@@ -362,7 +362,7 @@ def run_comparison(settings: Sequence) -> Figure:
     """Training loss every few steps, test loss and test accuracy per epoch, for each setting.
 
     `settings` are nbhelpers.compare.Setting: each line is the mean over the
-    setting's seeds, the band around it +- one standard deviation. The training
+    setting's seeds, the band around it ± one standard deviation. The training
     loss comes from steps.csv (per epoch from history.csv where a run has none).
     """
     looks = _looks(settings)
@@ -386,7 +386,7 @@ def run_comparison(settings: Sequence) -> Figure:
 
 
 def setting_accuracies(settings: Sequence) -> Figure:
-    """Each setting's final test accuracy: every seed a dot, the mean +- one sd a black bar."""
+    """Each setting's final test accuracy: every seed a dot, the mean ± one sd a black bar."""
     looks = _looks(settings)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(settings) + 1.5))
     for row, setting in enumerate(settings):

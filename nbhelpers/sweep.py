@@ -39,7 +39,7 @@ from .errors import ExplainedError
 from .locking import FolderInUse, folder_lock, holder_of, is_locked
 from .runs import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
-from .runtime import PROJECT_ROOT, RUNS_DIR
+from .runtime import PROJECT_ROOT, RUNS_DIR, project_path
 from .sizes import SIZES, pick_size
 from .series import NOTEBOOKS_DIR
 
@@ -135,6 +135,7 @@ class Entry:
 class Sweep:
     name: str                    # <sweep>-<size>, the name of its folder by default
     entries: list[Entry] = field(default_factory=list)
+    sweep: str = "sweep"         # the sweep alone: "optimizers", or a JSON file's stem (for figure names)
 
 
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
@@ -168,7 +169,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
             entries.append(Entry(seeded, {"size": size, **parameters, "rand_seed": first_seed + k,
                                           "data_dir": data_dir, "run_dir": _relative(entry_folder / "run"),
                                           "figures_dir": "", "progress": "log"}, entry_folder))
-    return Sweep(f"{name}-{size}", entries)
+    return Sweep(f"{name}-{size}", entries, name)
 
 
 def _check_seeds(seeds: Any) -> int:
@@ -285,8 +286,11 @@ def _named_runs(runs) -> tuple[str, dict[str, dict[str, Any]]]:
         return "sweep", _checked_runs("the sweep", runs)
     if runs in SWEEPS:
         return runs, SWEEPS[runs]
-    path = Path(runs)
-    if path.suffix == ".json" and path.is_file():
+    path = project_path(runs)  # relative: from the project's root, in JupyterLab as under papermill
+    if path.suffix == ".json" and not path.is_file():
+        raise SweepError(f"{path} is not a file: a sweep file's relative path is read from the "
+                         "project's root (the folder of README.md).")
+    if path.suffix == ".json":
         try:
             choices = json.loads(path.read_text())
         except ValueError as exc:

@@ -41,6 +41,27 @@ def test_each_entry_is_an_ordinary_papermill_call_into_its_own_folder(tmp_path):
     assert b.folder == tmp_path / "b" and b.state() == "new"
 
 
+def test_a_sweep_knows_its_own_name_apart_from_size_and_path(tmp_path):
+    # 05 names its figures after it: the JSON file's path once gave "05_/tmp/x/my_sweep_curves.png".
+    spec = tmp_path / "my_sweep.json"
+    spec.write_text(json.dumps({"a": SMALL}))
+    plan = S.make_sweep(str(spec), size="tiny", folder=tmp_path / "runs")
+    assert (plan.name, plan.sweep) == ("my_sweep-tiny", "my_sweep")
+    assert S.make_sweep("optimizers", size="tiny").sweep == "optimizers"
+
+
+def test_a_relative_sweep_file_is_read_from_the_project_root_wherever_the_kernel_works(tmp_path, monkeypatch):
+    # JupyterLab's kernel works in notebooks/, papermill's in the root: -p sweep my.json means one file.
+    spec = tmp_path / "my.json"
+    spec.write_text(json.dumps({"a": SMALL}))
+    monkeypatch.setattr(S, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr("nbhelpers.runtime.PROJECT_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path / ".." )
+    assert S.make_sweep("my.json", size="tiny", folder=tmp_path / "runs").sweep == "my"
+    with pytest.raises(S.SweepError, match="missing.json is not a file.*project's root"):
+        S.make_sweep("missing.json", size="tiny")
+
+
 def test_a_bad_value_or_name_stops_the_sweep_before_anything_runs(tmp_path):
     with pytest.raises(Exception, match="optimizer='adam' is not allowed"):
         _sweep(tmp_path, "", a=dict(SMALL, optimizer="adam"))
