@@ -93,7 +93,7 @@ def build_site(out: Path = SITE_DIR, reference: Path = REFERENCE_DIR) -> list[Pa
         shutil.rmtree(out)
     written, pages = [], {}
     for run in runs:
-        pages[run.name] = sorted(run.glob("*.ipynb"))
+        pages[run.name] = sorted(run.glob("*.ipynb"), key=lambda page: page.stem)  # 05_compare before 05_compare-parts
         for notebook in pages[run.name]:
             target = out / run.name / f"{notebook.stem}.html"
             target.parent.mkdir(parents=True, exist_ok=True)

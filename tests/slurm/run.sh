@@ -316,6 +316,7 @@ elsewhere=$(cat "$WORK"/out/copy-*.out 2>/dev/null | grep -c "running elsewhere"
 output_of copy-1 | grep -q "running elsewhere" && skipped=copy-1 trained=copy-2 || skipped=copy-2 trained=copy-1
 [ "$(output_of $skipped | wc -l)" = 1 ] || fail "the copy that did not train printed more than one line: $(output_of $skipped | head -3 | xargs)"
 echo "two copies a second apart: $trained trained; $skipped said: $(output_of $skipped | head -1)"
+echo "  the copy that trained:    $(last_epoch "$WORK/twice/$entry/run")"
 check "the entry submitted twice" -- duplicate "$ENTRY" $SIZE "$WORK/twice" "$WORK/reference"
 
 echo "slurm test: $(since "$begun") s in all"
