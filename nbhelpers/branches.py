@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compare import Spread, compare_spreads
 from .config import TrainConfig, make_config
 from .data import CifarLoader, Split
 from .errors import ExplainedError
@@ -492,38 +492,6 @@ def costliest_removal(uses: list[dict]) -> int | None:
 # --------------------------------------------------------------------------
 # Notebook 06: the mixings side by side, over seeds
 # --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Spread:
-    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one).
-
-    Written "mean ± spread", or the mean alone for a single seed.
-    """
-
-    values: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values))
-
-    @property
-    def spread(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else float("nan")
-
-    def __str__(self) -> str:
-        if len(self.values) == 1:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.spread:.2f}"
-
-
-def compare_spreads(first: Spread, second: Spread) -> str:
-    """'higher', 'lower', 'tie' (mean ± spread overlap), or 'unknown' (a single seed: no spread)."""
-    if len(first.values) < 2 or len(second.values) < 2:
-        return "unknown"
-    if abs(first.mean - second.mean) <= first.spread + second.spread:
-        return "tie"
-    return "higher" if first.mean > second.mean else "lower"
-
 
 @dataclass(frozen=True)
 class MixingRun:

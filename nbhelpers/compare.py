@@ -207,6 +207,38 @@ def load_runs(folders: Sequence[str | Path]) -> list[RunSummary]:
     return runs
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one).
+
+    Written "mean ± spread", or the mean alone for a single seed.
+    """
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def spread(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.spread:.2f}"
+
+
+def compare_spreads(first: Spread, second: Spread) -> str:
+    """'higher', 'lower', 'tie' (mean ± spread overlap), or 'unknown' (a single seed: no spread)."""
+    if len(first.values) < 2 or len(second.values) < 2:
+        return "unknown"
+    if abs(first.mean - second.mean) <= first.spread + second.spread:
+        return "tie"
+    return "higher" if first.mean > second.mean else "lower"
+
+
 @dataclass
 class Setting:
     """The runs of one setting: alike in everything but their seed."""
@@ -220,13 +252,18 @@ class Setting:
         return [run.final_acc for run in self.runs]
 
     @property
+    def accuracy(self) -> Spread:
+        """The final test accuracies over the seeds."""
+        return Spread(tuple(self.finals))
+
+    @property
     def mean(self) -> float:
-        return statistics.fmean(self.finals)
+        return self.accuracy.mean
 
     @property
     def spread(self) -> float:
         """The standard deviation of the final accuracies over the seeds (NaN for one seed)."""
-        return statistics.stdev(self.finals) if len(self.runs) > 1 else math.nan
+        return self.accuracy.spread
 
 
 def group_settings(runs: Sequence[RunSummary]) -> list[Setting]:
@@ -261,9 +298,8 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        if math.isnan(self.spread):
-            return "unknown (one seed: no spread)"
-        return "real" if abs(self.value) > self.spread else "tie"
+        said = compare_spreads(self.first.accuracy, self.second.accuracy)
+        return {"unknown": "unknown (one seed: no spread)", "tie": "tie"}.get(said, "real")
 
 
 def paired_differences(settings: Sequence[Setting], parameter: str, first: Any,

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from nbhelpers import Model
-from nbhelpers.branches import (AblationRow, BranchRecordError, Spread, ablation, ablation_changes,
+from nbhelpers.branches import (AblationRow, BranchRecordError, ablation, ablation_changes,
                                 branch_history,
                                 branch_use_table, collect_branch_weights, compare_branch_use,
-                                compare_spreads, describe_ablation, describe_branch_use,
+                                describe_ablation, describe_branch_use,
                                 describe_class_differences,
                                 describe_mixing_study, effective_branches, extreme_image_rows,
                                 fixed_weights, format_ablation, initial_model, mean_weight_per_class,
@@ -285,18 +285,6 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
                                                      "ablation cannot tell the branches apart")
     table = branch_use_table(weights, rows).splitlines()
     assert table[3] == "| 0 | 1 | 97.4% | +0.300 | -40.00 pp [-41.00, -39.00] | loss |"
-
-
-def test_spreads_tie_when_mean_plus_minus_spread_overlap():
-    a = Spread((30.0, 32.0, 34.0))  # mean 32, spread 2
-    assert (a.mean, a.spread) == (32.0, 2.0)
-    assert compare_spreads(Spread((34.0, 35.0, 36.0)), a) == "tie"     # 3 apart, 2 + 1 of spread
-    assert compare_spreads(Spread((35.0, 36.0, 37.0)), a) == "higher"  # 4 apart, beyond 2 + 1
-    assert compare_spreads(Spread((36.0, 37.0, 38.0)), Spread((30.0, 31.0, 32.0))) == "higher"
-    assert compare_spreads(Spread((30.0, 31.0, 32.0)), Spread((36.0, 37.0, 38.0))) == "lower"
-    assert compare_spreads(Spread((31.0, 32.0, 33.0)), Spread((32.5, 33.0, 33.5))) == "tie"
-    assert compare_spreads(Spread((40.0,)), Spread((30.0,))) == "unknown"
-    assert str(a) == "32.00 ± 2.00" and str(Spread((40.0,))) == "40.00"
 
 
 def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):

@@ -159,3 +159,15 @@ def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_with
     assert sum(late_with) < sum(late_without) and max(late_with) < max(late_without)
     assert C.valley_loss(torch.zeros(2)) == 0 and math.isclose(
         C.valley_loss(torch.tensor([1.0, -1.0])).item(), 0.05 * 8 * 2, rel_tol=1e-6)  # across only
+
+
+def test_spreads_tie_when_mean_plus_minus_spread_overlap():
+    a = C.Spread((30.0, 32.0, 34.0))  # mean 32, spread 2
+    assert (a.mean, a.spread) == (32.0, 2.0)
+    assert C.compare_spreads(C.Spread((34.0, 35.0, 36.0)), a) == "tie"     # 3 apart, 2 + 1 of spread
+    assert C.compare_spreads(C.Spread((35.0, 36.0, 37.0)), a) == "higher"  # 4 apart, beyond 2 + 1
+    assert C.compare_spreads(C.Spread((36.0, 37.0, 38.0)), C.Spread((30.0, 31.0, 32.0))) == "higher"
+    assert C.compare_spreads(C.Spread((30.0, 31.0, 32.0)), C.Spread((36.0, 37.0, 38.0))) == "lower"
+    assert C.compare_spreads(C.Spread((31.0, 32.0, 33.0)), C.Spread((32.5, 33.0, 33.5))) == "tie"
+    assert C.compare_spreads(C.Spread((40.0,)), C.Spread((30.0,))) == "unknown"
+    assert str(a) == "32.00 ± 2.00" and str(C.Spread((40.0,))) == "40.00"
