@@ -54,7 +54,7 @@ def figures_dir_for(size: str) -> Path:
 
 def run_reference(name: str, size: str) -> Path:
     """Run everything, then publish it (see the module's docstring). Returns reference/<name>/."""
-    from .series import NOTEBOOKS_DIR, run_series  # papermill: only when running
+    from .series import run_notebook, run_series  # papermill: only when running
     figures = figures_dir_for(size)
     figures.mkdir(parents=True, exist_ok=True)
     for old in figures.glob("0*.png"):
@@ -62,19 +62,10 @@ def run_reference(name: str, size: str) -> Path:
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
     for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
-        run_notebook(notebook, executed / f"{output}.ipynb",
-                     dict(parameters, size="small", figures_dir=str(figures), data_dir=_data_dir_of(base)))
+        parameters = dict(parameters, size="small", figures_dir=str(figures), data_dir=_data_dir_of(base))
+        print(f"--- {notebook} -> {output}.ipynb {parameters}", flush=True)
+        run_notebook(notebook, executed / f"{output}.ipynb", parameters)
     return publish(name, size, base)
-
-
-def run_notebook(notebook: str, output: Path, parameters: dict[str, Any]) -> None:
-    import papermill
-
-    from .series import NOTEBOOKS_DIR
-    print(f"--- {notebook} -> {output.name} {parameters}", flush=True)
-    papermill.execute_notebook(NOTEBOOKS_DIR / f"{notebook}.ipynb", output, parameters=parameters,
-                               kernel_name="python3", cwd=str(NOTEBOOKS_DIR), log_output=True,
-                               progress_bar=False)
 
 
 def _data_dir_of(base: Path) -> str:

@@ -115,15 +115,24 @@ def run_series(size: str, name: str | None = None, prepare_only: Path | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in parameters:
         print(f"--- {notebook} ({'prepare' if prepare_only else 'run'}) {parameters[notebook]}", flush=True)
-        with warnings.catch_warnings():  # papermill's own chatter about kernel names
-            warnings.simplefilter("ignore")
-            papermill.execute_notebook(
-                NOTEBOOKS_DIR / f"{notebook}.ipynb", out_dir / f"{notebook}.ipynb",
-                parameters=parameters[notebook], kernel_name="python3", cwd=str(NOTEBOOKS_DIR),
-                prepare_only=prepare_only is not None, log_output=True, progress_bar=False)
+        run_notebook(notebook, out_dir / f"{notebook}.ipynb", parameters[notebook],
+                     prepare_only=prepare_only is not None)
     if not prepare_only:
         print(f"Executed notebooks: {out_dir}\nRun folder: {base / 'run'}\nFigures: {figures}")
     return out_dir
+
+
+def run_notebook(notebook: str, output: Path, parameters: dict, prepare_only: bool = False) -> None:
+    """Execute notebooks/<notebook>.ipynb into `output` with `parameters`, its output logged line by line.
+
+    The kernel works in notebooks/, as under JupyterLab; with prepare_only the
+    copy is only parameterized (for nbval), not run.
+    """
+    with warnings.catch_warnings():  # papermill's own chatter about kernel names
+        warnings.simplefilter("ignore")
+        papermill.execute_notebook(
+            NOTEBOOKS_DIR / f"{notebook}.ipynb", output, parameters=parameters, kernel_name="python3",
+            cwd=str(NOTEBOOKS_DIR), prepare_only=prepare_only, log_output=True, progress_bar=False)
 
 
 def main(argv: list[str] | None = None) -> None:
