@@ -13,7 +13,7 @@ from torchvision import transforms
 
 from nbhelpers.data import (CIFAR10DataError, FOLDER, UnofficialCopyWarning, load_cifar10,
                             write_synthetic_cifar10)
-from nbhelpers.runtime import PROJECT_ROOT, cpu_has_fast_bf16, cpu_model, device_name
+from nbhelpers.runtime import PROJECT_ROOT, cpu_has_fast_bf16, cpu_model, device_name, synchronize
 
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 
@@ -32,11 +32,6 @@ def cifar10(allow_synthetic: bool = True):
                 print(f"No CIFAR-10 found: writing a synthetic copy of its size to {root}")
                 write_synthetic_cifar10(root, train_per_class=5000, test_per_class=1000)
             return load_cifar10(root)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: int = 2,
