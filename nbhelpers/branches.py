@@ -443,7 +443,7 @@ def branch_use_table(weights: torch.Tensor, rows: list[AblationRow]) -> str:
 def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
     """What the ablation found, each difference with its interval: fixed mixing, and each branch removed."""
     by_change = {row.change: row for row in rows}
-    blocks, branches = weights.shape[0], weights.shape[2]
+    blocks = weights.shape[0]
     every = by_change["every block: mean weights"]
     lines = [f"as trained: {every.baseline:.2f}% test accuracy",
              f"every block mixing with fixed weights (their mean): {every.difference} "

@@ -23,7 +23,7 @@ from nbhelpers import runs as R
 from nbhelpers import sweep as S
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError, check_evaluation_parameters
-from nbhelpers.data import UnofficialCopyWarning, write_synthetic_cifar10
+from nbhelpers.data import UnofficialCopyWarning
 from nbhelpers.errors import ExplainedError
 from nbhelpers.locking import LOCK, FolderInUse, folder_lock
 

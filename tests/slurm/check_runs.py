@@ -18,7 +18,6 @@ import csv
 import json
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from nbhelpers.config import TrainConfig, make_config
 from nbhelpers.runs import CHECKPOINT, CONFIG, HISTORY, WEIGHTS
