@@ -13,13 +13,13 @@ NBVAL  := build/nbval
 
 # The main job: on a GPU the full series (60 epochs); without one, the CPU demo (nbhelpers.sizes).
 demo: $(STAMP)
-	$(PY) -m nbhelpers.series
+	$(PY) -m nbhelpers.jobs.series
 
 # The sweep that notebook 05 compares, resumable, each run over 3 seeds (README: Sweeps); SWEEP=parts for another.
 SWEEP ?= optimizers
 .PHONY: sweep compare
 sweep: $(STAMP)
-	$(PY) -m nbhelpers.sweep $(SWEEP) --seeds 3
+	$(PY) -m nbhelpers.jobs.sweep $(SWEEP) --seeds 3
 
 # Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 3 seeds
 # (24 + 12 runs of the size small on a CPU; Ranger per batch is trained in both).
@@ -37,7 +37,7 @@ study: $(STAMP)
 # Unit tests, then every notebook through nbval at the tests' size.
 test: $(STAMP)
 	rm -rf $(NBVAL)
-	$(PY) -m nbhelpers.series --size tiny --prepare-only $(NBVAL)
+	$(PY) -m nbhelpers.jobs.series --size tiny --prepare-only $(NBVAL)
 	$(PY) -m pytest tests $(NBVAL) --nbval-lax
 
 # JupyterLab on the project, opened on the series, with the kernel the tests use.
@@ -50,16 +50,16 @@ lab: $(STAMP)
 # (tests/browser/lab_check.py; needs /usr/bin/chromium, which .ci/run installs).
 browser-test: $(BROWSER_STAMP)
 	$(PY) tests/browser/lab_check.py
-	$(PY) -m nbhelpers.site
+	$(PY) -m nbhelpers.jobs.site
 	$(PY) tests/browser/site_check.py
 
 # A static website of the committed reference run (reference/), readable offline, in build/site/.
 site: $(STAMP)
-	$(PY) -m nbhelpers.site
+	$(PY) -m nbhelpers.jobs.site
 
 # The reference run: the series executed and published (reference/, figures/, README's Results).
 reference: $(STAMP)
-	$(PY) -m nbhelpers.reference
+	$(PY) -m nbhelpers.jobs.reference
 
 # The README's job-array script (slurm/sweep-cpu.sbatch) on a single-node Slurm started on this
 # machine (tests/slurm/run.sh: installs Debian's slurm and munge if missing, as root or with sudo;

@@ -5,7 +5,7 @@
 #       ../shared/data/build_cifar10.py .gpu/ && echo /.gpu/ >> .git/info/exclude
 # then run `bash benchmarks/gpu_reference.sh` there with carry [".gpu"]. About
 # 10 minutes on an H100: the benchmarks (seed vs nbhelpers), then the published reference
-# run (python -m nbhelpers.reference: 01-04 at full size, 05/06 at small). Six files come back in $OUT.
+# run (python -m nbhelpers.jobs.reference: 01-04 at full size, 05/06 at small). Six files come back in $OUT.
 set -euo pipefail
 OUT=${OUT:-build/gpu-out}
 mkdir -p "$OUT"
@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.
     python3 benchmarks/optimizer_model.py --device cuda --width 1024 --repeats 10
     python3 benchmarks/data_pipeline.py --device cuda
 } 2>&1 | tee "$OUT/benchmarks.log"
-python3 -m nbhelpers.reference --size full --name gpu-full 2>&1 | tee "$OUT/series.log"
+python3 -m nbhelpers.jobs.reference --size full --name gpu-full 2>&1 | tee "$OUT/series.log"
 python3 benchmarks/make_reference.py runs/reference-gpu-full benchmarks/results/train_step_cuda_w1024.json \
     | tee "$OUT/reference.json"
 tar czf "$OUT/reference-run.tgz" benchmarks/results figures/*.png reference/gpu-full README.md \

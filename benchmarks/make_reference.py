@@ -2,7 +2,7 @@
 
     python benchmarks/make_reference.py RUN_FOLDER [TRAIN_STEP_JSON] > benchmarks/reference.json
 
-RUN_FOLDER is what `python -m nbhelpers.reference --size full --name NAME` leaves in
+RUN_FOLDER is what `python -m nbhelpers.jobs.reference --size full --name NAME` leaves in
 runs/reference-NAME: the executed notebooks in notebooks/ and the training run in run/.
 TRAIN_STEP_JSON is the output of benchmarks/train_step.py on the same machine.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from nbhelpers.runs import read_history
+from nbhelpers.runs.folder import read_history
 
 
 def reference(series: Path, benchmark: Path | None) -> dict:

@@ -511,7 +511,7 @@ def read_mixing_runs(folders: list[str | Path]) -> dict[str, list[MixingRun]]:
     """Finished run folders, grouped by their mixing in MIXINGS' order (seeds in order)."""
     from .compare import load_runs  # compare reads run folders; it needs nothing from here
     from .model import count_flops, count_parameters
-    from .runs import BRANCH_WEIGHTS, read_table
+    from .runs.folder import BRANCH_WEIGHTS, read_table
     from .train import build_model
 
     groups: dict[str, list[MixingRun]] = {}

@@ -9,7 +9,7 @@ Notebook 03 uses the first parts to make Ranger's pieces concrete (Lookahead's
 fast and slow weights, gradient centralization on a conv layer's gradient, the
 step RAdam's r_t lets through; the schedule's learning rate and beta1 per step
 come from nbhelpers.train.schedule_trace); notebook 05 the last, on the run
-folders of a sweep (nbhelpers.sweep), each setting repeated over several seeds.
+folders of a sweep (nbhelpers.jobs.sweep), each setting repeated over several seeds.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .config import make_config
 from .ranger import Ranger, centralized, rectification_term
-from .runs import CONFIG, HISTORY, STEPS, read_history, read_table
+from .runs.folder import CONFIG, HISTORY, STEPS, read_history, read_table
 
 # --------------------------------------------------------------------------
 # Lookahead on a 2-D problem

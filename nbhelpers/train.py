@@ -25,7 +25,7 @@ from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
 from .model import Model
 from .progress import Progress, RunEstimate
 from .ranger import Ranger
-from .runs import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
+from .runs.folder import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
                    environment, restore_missing_files, resume_point, save_checkpoint,
                    set_rng_state, write_config, write_tables, write_weights, writing)
 from .runtime import device_name, pick_device, seed_everything, synchronize, total_memory

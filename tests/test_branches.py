@@ -290,7 +290,7 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
 def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):
     """A finished-looking run folder: config.json, history.csv and branch_weights.csv."""
     import json
-    from nbhelpers.runs import write_table
+    from nbhelpers.runs.folder import write_table
     folder = root / f"{mixing}-{seed}"
     folder.mkdir()
     config = make_config(size="tiny", mixing=mixing, rand_seed=seed, num_epochs=1)

@@ -7,7 +7,7 @@ import torch
 
 from nbhelpers import compare as C
 from nbhelpers.config import make_config
-from nbhelpers.runs import HISTORY, STEPS, write_table
+from nbhelpers.runs.folder import HISTORY, STEPS, write_table
 
 
 def _fake_run(folder, final_acc, seconds=2.0, epochs=3, **config):

@@ -5,7 +5,7 @@ import IPython.display
 import nbformat
 
 from nbhelpers import train as T
-from nbhelpers.series import NOTEBOOKS_DIR
+from nbhelpers.jobs.series import NOTEBOOKS_DIR
 
 
 def _cell_showing_the_loop() -> str:

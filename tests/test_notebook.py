@@ -13,8 +13,8 @@ from nbhelpers.config import ConfigError
 from nbhelpers.data import CIFAR10DataError
 from nbhelpers.errors import ExplainedError
 from nbhelpers.notebook import one_line_warning
-from nbhelpers.runs import RunFolderError
-from nbhelpers.runs import ResumeError
+from nbhelpers.runs.folder import RunFolderError
+from nbhelpers.runs.folder import ResumeError
 from nbhelpers.train import TrainingDiverged
 
 
@@ -44,7 +44,7 @@ def test_a_warning_formats_as_its_category_and_message_only():
 
 
 def test_the_project_errors_cover_parameters_data_run_folders_divergence_and_sweeps():
-    from nbhelpers.sweep import SweepError
+    from nbhelpers.jobs.sweep import SweepError
     for error in (ConfigError, CIFAR10DataError, RunFolderError, ResumeError, TrainingDiverged, SweepError):
         assert issubclass(error, ExplainedError)
     assert not issubclass(KeyError, ExplainedError)

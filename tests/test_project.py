@@ -12,7 +12,7 @@ import yaml
 from papermill.translators import PythonTranslator
 
 from nbhelpers.config import TrainConfig
-from nbhelpers.series import ALL_NOTEBOOKS, NOTEBOOKS_DIR
+from nbhelpers.jobs.series import ALL_NOTEBOOKS, NOTEBOOKS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's
@@ -112,7 +112,7 @@ def test_notebooks_hold_the_metadata_jupyterlab_writes_so_they_open_unmodified(p
 
 def test_every_notebook_is_run_by_the_tests():
     """nbval runs what the series prepares: a notebook left out of it would never be checked."""
-    from nbhelpers.series import series_parameters
+    from nbhelpers.jobs.series import series_parameters
     on_disk = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
     assert on_disk == sorted(ALL_NOTEBOOKS)
     assert sorted(series_parameters("tiny", Path("run"), Path("figures"))) == on_disk
@@ -120,7 +120,7 @@ def test_every_notebook_is_run_by_the_tests():
 
 def test_the_demo_ablates_on_part_of_the_real_test_set_but_never_asks_the_stand_in_for_more():
     """The stand-in has 1,000 test images: asking 04 for 2,000 would stop the synthetic demo."""
-    from nbhelpers.series import series_parameters
+    from nbhelpers.jobs.series import series_parameters
     real = series_parameters("demo", Path("run"), Path("figures"), data_dir="")
     stand_in = series_parameters("demo", Path("run"), Path("figures"), data_dir="runs/demo/synthetic-data")
     assert real["04_evaluate"]["ablation_images"] == 2000

@@ -17,7 +17,7 @@ import re
 import nbformat
 import pytest
 
-from nbhelpers.series import NOTEBOOKS_DIR
+from nbhelpers.jobs.series import NOTEBOOKS_DIR
 
 # Every number the prose may hold, as typed without thousands separators, with why.
 ALLOWED = {
@@ -134,7 +134,7 @@ def test_a_planted_result_is_found_and_the_constants_pass():
 
 def test_code_links_tags_and_citation_years_are_not_prose_but_small_counts_with_a_unit_are():
     assert typed_numbers("Run `-p train_subset 5000` and see [the paper](https://arxiv.org/abs/2404.00498).") == []
-    assert typed_numbers("```\npython -m nbhelpers.sweep --seeds 3 --size 17\n```") == []
+    assert typed_numbers("```\npython -m nbhelpers.jobs.sweep --seeds 3 --size 17\n```") == []
     assert typed_numbers("CIFAR-10 (Krizhevsky, 2009); He et al. (2016); ICML 2017; "
                          "<details><summary>x</summary>") == []
     assert typed_numbers("It took 3 s and gained 2 points, a 7% lead; but 1999 steps.") == ["3", "2", "7%", "1999"]

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbhelpers import runs as R
-from nbhelpers import sweep as S
+from nbhelpers.runs import folder as R
+from nbhelpers.jobs import sweep as S
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError, check_evaluation_parameters
 from nbhelpers.data import UnofficialCopyWarning
 from nbhelpers.errors import ExplainedError
-from nbhelpers.locking import LOCK, FolderInUse, folder_lock
+from nbhelpers.runs.lock import LOCK, FolderInUse, folder_lock
 
 TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subset=320,
             test_subset=100, progress="none", deterministic=True)
@@ -182,7 +182,7 @@ def test_8_a_sweep_json_may_set_only_training_parameters(tmp_path, name):
 
 # 9 ---------------------------------------------------------------------------
 def test_9_the_demo_resumes_an_interrupted_demo_and_moves_a_finished_one_aside(tmp_path, capsys):
-    from nbhelpers.series import make_room
+    from nbhelpers.jobs.series import make_room
     demo = tmp_path / "demo"
     (demo / "run").mkdir(parents=True)
     (demo / "run" / R.CHECKPOINT).write_bytes(b"epoch 2")
@@ -300,7 +300,7 @@ def test_a_folder_that_cannot_be_written_is_not_called_full(tmp_path, monkeypatc
 
 
 def test_a_run_dir_that_cannot_be_created_says_so_in_one_line(synthetic_data, tmp_path, monkeypatch):
-    from nbhelpers.locking import FolderNotWritable
+    from nbhelpers.runs.lock import FolderNotWritable
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -350,7 +350,7 @@ def test_a_bad_sweep_json_is_one_line(tmp_path, content, says):
     path.write_text(content)
     with pytest.raises(S.SweepError, match=says):
         S.make_sweep(str(path), size="tiny", folder=tmp_path / "out")
-    result = subprocess.run([sys.executable, "-m", "nbhelpers.sweep", str(path), "--size", "tiny",
+    result = subprocess.run([sys.executable, "-m", "nbhelpers.jobs.sweep", str(path), "--size", "tiny",
                              "--folder", str(tmp_path / "out"), "--list"], capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1

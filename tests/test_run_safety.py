@@ -15,8 +15,8 @@ import torch
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError
 from nbhelpers.data import write_synthetic_cifar10
-from nbhelpers.locking import LOCK
-from nbhelpers.runs import RunFolderError, ResumeError, latest_run_dir, load_run
+from nbhelpers.runs.lock import LOCK
+from nbhelpers.runs.folder import RunFolderError, ResumeError, latest_run_dir, load_run
 
 TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subset=320,
             test_subset=100, progress="none", deterministic=True)
@@ -83,7 +83,7 @@ def test_3_resuming_on_other_data_is_refused_and_config_json_kept(synthetic_data
 # 4 ---------------------------------------------------------------------------
 def test_4_a_misspelt_papermill_parameter_stops_the_notebook(tmp_path):
     """End to end: papermill injects -p per_clas 3 into notebook 01; its setup cell refuses it."""
-    from nbhelpers.series import NOTEBOOKS_DIR
+    from nbhelpers.jobs.series import NOTEBOOKS_DIR
     result = subprocess.run(
         [sys.executable, "-m", "papermill", str(NOTEBOOKS_DIR / "01_data_exploration.ipynb"),
          str(tmp_path / "out.ipynb"), "-p", "per_clas", "3", "--cwd", str(NOTEBOOKS_DIR)],

@@ -8,8 +8,8 @@ import matplotlib
 import nbformat
 import pytest
 
-from nbhelpers import reference as REF
-from nbhelpers import site as SITE
+from nbhelpers.jobs import reference as REF
+from nbhelpers.jobs import site as SITE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -80,5 +80,5 @@ def test_the_site_has_its_figures_inside_its_math_as_mathml_and_nothing_remote(t
 
 
 def test_a_site_without_a_reference_run_says_how_to_make_one(tmp_path):
-    with pytest.raises(SystemExit, match="python -m nbhelpers.reference"):
+    with pytest.raises(SystemExit, match="python -m nbhelpers.jobs.reference"):
         SITE.build_site(tmp_path / "site", tmp_path / "nothing")

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from nbhelpers import sweep as S
+from nbhelpers.jobs import sweep as S
 from nbhelpers.config import make_config
-from nbhelpers.runs import read_history
+from nbhelpers.runs.folder import read_history
 
 # Seconds per epoch on a CPU, on the synthetic data of conftest (2,000 / 200 images).
 SMALL = dict(num_epochs=4, batch_size=32, backbone_out_channels=8, hidden_size=16,
@@ -76,11 +76,11 @@ KILLED = dict(SMALL, optimizer="sgd", num_epochs=12)
 
 
 def _start_killable(entry_index, root, data_dir):
-    """`python -m nbhelpers.sweep` on one entry, in its own process group (papermill, not its kernel)."""
+    """`python -m nbhelpers.jobs.sweep` on one entry, in its own process group (papermill, not its kernel)."""
     runs = {"finished": SMALL, "killed": KILLED}
     spec = root / "runs.json"
     spec.write_text(json.dumps(runs))
-    command = [sys.executable, "-m", "nbhelpers.sweep", str(spec), "--size", "tiny",
+    command = [sys.executable, "-m", "nbhelpers.jobs.sweep", str(spec), "--size", "tiny",
                "--folder", str(root), "--data-dir", str(data_dir), "--index", str(entry_index)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -12,7 +12,7 @@ import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
 from nbhelpers import evaluation as E
-from nbhelpers import runs as R
+from nbhelpers.runs import folder as R
 from nbhelpers import train as T
 from nbhelpers.config import make_config
 

@@ -1,7 +1,7 @@
 """The published reference run: the series executed once, its notebooks and figures committed.
 
-    python -m nbhelpers.reference                 # the size "auto" picks; its name says which
-    python -m nbhelpers.reference --name cpu-demo # explicitly
+    python -m nbhelpers.jobs.reference                 # the size "auto" picks; its name says which
+    python -m nbhelpers.jobs.reference --name cpu-demo # explicitly
 
 One command does it all: it runs the series (01-04 at the size given; 05, on
 the sweeps optimizers and parts, and 06 at the sweeps' CPU size, `small`, as
@@ -13,7 +13,7 @@ without running anything into the repository:
     figures/ (a full run) or figures/<size>/   the PNGs the notebooks saved
     README.md                      its Results table, rewritten between two markers
 
-`make site` turns reference/ into a static website (nbhelpers.site).
+`make site` turns reference/ into a static website (nbhelpers.jobs.site).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Any
 
 import nbformat
 
-from .runs import read_config, read_history
-from .runtime import PROJECT_ROOT
-from .sizes import SIZES, pick_size
+from ..runs.folder import read_config, read_history
+from ..runtime import PROJECT_ROOT
+from ..sizes import SIZES, pick_size
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
@@ -149,7 +149,7 @@ def write_readme_results(readme: Path = README) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nbhelpers.reference", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.jobs.reference", description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="auto", choices=("auto",) + tuple(SIZES),
                         help="auto: full on a CUDA GPU, demo elsewhere")
     parser.add_argument("--name", help="reference/<name>/ (default: gpu-full or cpu-demo, by the size)")

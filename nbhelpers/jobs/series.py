@@ -1,16 +1,16 @@
 """Run the whole notebook series with papermill: the main job, or the CPU demo.
 
-    python -m nbhelpers.series                 # a GPU: the full run; no GPU: the demo
-    python -m nbhelpers.series --size demo     # the CPU demo: all of CIFAR-10, a narrow model, minutes
-    python -m nbhelpers.series --size full     # the seed's settings (60 epochs)
-    python -m nbhelpers.series --size tiny --prepare-only build/nbval
+    python -m nbhelpers.jobs.series                 # a GPU: the full run; no GPU: the demo
+    python -m nbhelpers.jobs.series --size demo     # the CPU demo: all of CIFAR-10, a narrow model, minutes
+    python -m nbhelpers.jobs.series --size full     # the seed's settings (60 epochs)
+    python -m nbhelpers.jobs.series --size tiny --prepare-only build/nbval
                                                # parameterized copies at the tests' size, for nbval
 
 The sizes are nbhelpers.sizes'.
 
 Executed notebooks land in runs/<name>/notebooks/, the trained run in
 runs/<name>/run/, and the figures in runs/<name>/figures/ (the reference run,
-`python -m nbhelpers.reference`, writes the project's figures/ instead).
+`python -m nbhelpers.jobs.reference`, writes the project's figures/ instead).
 A missing CIFAR-10 is downloaded (download=True). Where that fails (no
 network), the demo says so and runs on a small synthetic stand-in with class
 names of its own; the full run needs the real data.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import papermill
 
-from .data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
-from .runs import CHECKPOINT, is_finished
-from .runtime import PROJECT_ROOT, RUNS_DIR
-from .sizes import SIZES, WHAT, pick_size
+from ..data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
+from ..runs.folder import CHECKPOINT, is_finished
+from ..runtime import PROJECT_ROOT, RUNS_DIR
+from ..sizes import SIZES, WHAT, pick_size
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # The series proper: data, model, training, evaluation of one run.
@@ -101,7 +101,7 @@ def run_series(size: str, name: str | None = None, prepare_only: Path | None = N
     """Run (or with prepare_only, only parameterize) the series into runs/<name>/.
 
     Its figures go to `figures` (default: runs/<name>/figures; only the reference
-    run, nbhelpers.reference, writes the project's figures/).
+    run, nbhelpers.jobs.reference, writes the project's figures/).
     """
     name = name or ("demo" if size == "demo" else f"{size}-{time.strftime('%Y%m%d-%H%M%S')}")
     base = prepare_only or RUNS_DIR / name

@@ -1,9 +1,9 @@
 """A static website of the reference runs, readable offline: `make site` writes build/site/.
 
-    python -m nbhelpers.site              # from reference/*/ into build/site/
+    python -m nbhelpers.jobs.site              # from reference/*/ into build/site/
 
 Built from the committed executed notebooks (reference/<name>/*.ipynb, see
-nbhelpers.reference) without running or training anything:
+nbhelpers.jobs.reference) without running or training anything:
 
     build/site/index.html                the Results table of the README, and every notebook
     build/site/<name>/<notebook>.html    one page per notebook, its figures inline
@@ -29,7 +29,7 @@ from nbconvert import HTMLExporter
 from nbconvert.filters import markdown2html_mistune
 
 from .reference import REFERENCE_DIR, reference_results, results_table
-from .runtime import PROJECT_ROOT
+from ..runtime import PROJECT_ROOT
 
 SITE_DIR = PROJECT_ROOT / "build" / "site"
 # $$display$$ or $inline$ math, outside `code`: what the notebooks' Markdown cells hold.
@@ -88,7 +88,7 @@ def build_site(out: Path = SITE_DIR, reference: Path = REFERENCE_DIR) -> list[Pa
     runs = sorted(p for p in reference.iterdir() if p.is_dir() and list(p.glob("*.ipynb"))) \
         if reference.is_dir() else []
     if not runs:
-        raise SystemExit(f"No reference run in {reference}: `python -m nbhelpers.reference` makes one.")
+        raise SystemExit(f"No reference run in {reference}: `python -m nbhelpers.jobs.reference` makes one.")
     if out.exists():
         shutil.rmtree(out)
     written, pages = [], {}
@@ -105,7 +105,7 @@ def build_site(out: Path = SITE_DIR, reference: Path = REFERENCE_DIR) -> list[Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nbhelpers.site", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.jobs.site", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=SITE_DIR, help=f"where the site goes (default: {SITE_DIR})")
     args = parser.parse_args(argv)
     pages = build_site(args.out)

@@ -1,9 +1,9 @@
 """A sweep: the training notebook run once per parameter set, each into its own folder; resumable.
 
-    python -m nbhelpers.sweep optimizers              # run the sweep (or what is left of it)
-    python -m nbhelpers.sweep optimizers --list       # its runs, numbered, and how far each got
-    python -m nbhelpers.sweep optimizers --commands   # the papermill command of each run
-    python -m nbhelpers.sweep optimizers --index 3    # only run 3 (e.g. a cluster job array's task)
+    python -m nbhelpers.jobs.sweep optimizers              # run the sweep (or what is left of it)
+    python -m nbhelpers.jobs.sweep optimizers --list       # its runs, numbered, and how far each got
+    python -m nbhelpers.jobs.sweep optimizers --commands   # the papermill command of each run
+    python -m nbhelpers.jobs.sweep optimizers --index 3    # only run 3 (e.g. a cluster job array's task)
 
 Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
 
@@ -33,14 +33,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .compare import load_runs
-from .config import TrainConfig, make_config, unknown_names
-from .errors import ExplainedError
-from .locking import FolderInUse, folder_lock, holder_of, is_locked
-from .runs import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
+from ..compare import load_runs
+from ..config import TrainConfig, make_config, unknown_names
+from ..errors import ExplainedError
+from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
+from ..runs.folder import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
-from .runtime import PROJECT_ROOT, RUNS_DIR, project_path
-from .sizes import SIZES, pick_size
+from ..runtime import PROJECT_ROOT, RUNS_DIR, project_path
+from ..sizes import SIZES, pick_size
 from .series import NOTEBOOKS_DIR
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
@@ -52,7 +52,7 @@ def grid(**choices: tuple) -> dict[str, dict[str, Any]]:
             for values in itertools.product(*choices.values())}
 
 
-# The sweeps `python -m nbhelpers.sweep NAME` knows. A JSON file of {run name: parameters} works too.
+# The sweeps `python -m nbhelpers.jobs.sweep NAME` knows. A JSON file of {run name: parameters} works too.
 SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
     # Ranger against AdamW and SGD, each with the schedule stepped per batch and per epoch (the seed's way)
     "optimizers": grid(optimizer=("ranger", "adamw", "sgd", "radam"), scheduler_step=("batch", "epoch")),
@@ -390,7 +390,7 @@ def _locked(lock: threading.Lock, echo, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nbhelpers.sweep", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m nbhelpers.jobs.sweep", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="sweeps:\n" + "".join(f"  {name}: {', '.join(runs)}\n"
                                                                   for name, runs in SWEEPS.items()))

@@ -9,7 +9,7 @@ A run folder holds everything a run produces:
     branch_weights.csv  each block's mean branch weights on test images, from epoch 0 (untrained) on
     checkpoint.pt   the state after the last finished epoch; resume=True continues from it
     model.pt        the final weights (the last epoch's, not the best test epoch's)
-    .lock           the lock of the process writing the folder (nbhelpers.locking)
+    .lock           the lock of the process writing the folder (nbhelpers.runs.lock)
 
 Five rules keep what a run wrote from ever being lost or misread:
 1. A folder is written into only when it is new (absent or empty) or explicitly
@@ -48,10 +48,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .config import ConfigError, TrainConfig, make_config
-from .errors import ExplainedError
-from .locking import LOCK, check_not_in_use, folder_lock
-from .runtime import (PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name,
+from ..config import ConfigError, TrainConfig, make_config
+from ..errors import ExplainedError
+from .lock import LOCK, check_not_in_use, folder_lock
+from ..runtime import (PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name,
                       pick_device, project_path)
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
@@ -557,7 +557,7 @@ def load_run(run_dir: str | Path | None = None, device: torch.device | str | Non
     that is not the one this run wrote (its sha256 differs from config.json's),
     or a folder whose files are damaged, is refused with a message naming the file.
     """
-    from .train import build_model  # train imports this module
+    from ..train import build_model  # train imports this module
 
     run_dir = project_path(run_dir) if run_dir else latest_run_dir(finished=not unfinished)
     if not run_dir.is_dir():
@@ -633,7 +633,7 @@ def load_test_split(run: Run, data_dir: str | Path | None = None):
     `data_dir`: where CIFAR-10 is now (default: the run's data_dir). A copy
     with another fingerprint (other files, other labels) is refused, naming both.
     """
-    from .data import load_cifar10, prepare_splits  # data loads torchvision: only when needed
+    from ..data import load_cifar10, prepare_splits  # data loads torchvision: only when needed
 
     data = load_cifar10(data_dir or run.config.data_dir or None)
     test = prepare_splits(data, test_subset=run.config.test_subset).test

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import ExplainedError
+from ..errors import ExplainedError
 
 LOCK = ".lock"  # inside the locked folder; not a file of the run
 

@@ -20,10 +20,10 @@ import sys
 from dataclasses import fields
 
 from nbhelpers.config import TrainConfig, make_config
-from nbhelpers.runs import CHECKPOINT, CONFIG, HISTORY, WEIGHTS
-from nbhelpers.sweep import Entry, make_sweep
+from nbhelpers.runs.folder import CHECKPOINT, CONFIG, HISTORY, WEIGHTS
+from nbhelpers.jobs.sweep import Entry, make_sweep
 
-# papermill.log starts each papermill call with "$ <the command>" (nbhelpers.sweep.run_entry).
+# papermill.log starts each papermill call with "$ <the command>" (nbhelpers.jobs.sweep.run_entry).
 COMMAND_PREFIX = "$ "
 RESUME = "-p resume True"
 

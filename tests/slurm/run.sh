@@ -262,7 +262,7 @@ echo "seconds from nothing to a working srun hostname: $(since "$begun") ($(npro
 "$PY" -c "import sys; from nbhelpers.data import write_synthetic_cifar10
 write_synthetic_cifar10(sys.argv[1], train_per_class=100, test_per_class=50)" "$WORK/data" \
     || { fail "could not write the synthetic data"; exit 1; }
-entries=$("$PY" -m nbhelpers.sweep $SWEEP --size $SIZE --folder "$WORK/array" --list | wc -l)
+entries=$("$PY" -m nbhelpers.jobs.sweep $SWEEP --size $SIZE --folder "$WORK/array" --list | wc -l)
 submitted=$(date +%s.%N)
 array=$(submit array --array=0-$((entries - 1)) -- $SWEEP --size $SIZE --folder "$WORK/array") \
     || { fail "sbatch refused $SCRIPT"; exit 1; }
