@@ -11,7 +11,7 @@ NBVAL  := build/nbval
 
 .PHONY: demo test lab browser-test install lock clean slurm-test site reference
 
-# The main job: on a GPU the full series (60 epochs); without one, the CPU demo (nbhelpers.sizes).
+# The main job: on a GPU the full series (60 epochs); without one, the CPU demo (nbhelpers.config.SIZES).
 demo: $(STAMP)
 	$(PY) -m nbhelpers.jobs.series
 

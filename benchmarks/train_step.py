@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from common import cifar10, compare, machine, seed_train_loader, synchronize, write_results
-from nbhelpers.config import make_config
+from nbhelpers.config import build_model, make_config
 from nbhelpers.data import CifarLoader, Split
 from nbhelpers.model import count_flops
 from nbhelpers.runtime import pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
 from nbhelpers.evaluation import evaluate
-from nbhelpers.train import build_model, build_scheduler, build_training, train_epoch
+from nbhelpers.train import build_scheduler, build_training, train_epoch
 
 
 def matmul_rate(device: torch.device) -> tuple[float, str]:

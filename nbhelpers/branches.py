@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .compare import Spread, compare_spreads
-from .config import TrainConfig, make_config
+from .config import TrainConfig, build_model, make_config
 from .data import CifarLoader, Split
 from .errors import ExplainedError
 from .evaluation import Difference, infer, paired_difference
@@ -165,8 +165,6 @@ def initial_model(config: TrainConfig, num_classes: int = 10) -> Model:
     after the same seed gives the very same initial weights. The notebook's own
     random state is left as it was.
     """
-    from .train import build_model  # train records branch weights with this module
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.rand_seed)
         return build_model(config, num_classes)
@@ -512,7 +510,6 @@ def read_mixing_runs(folders: list[str | Path]) -> dict[str, list[MixingRun]]:
     from .compare import load_runs  # compare reads run folders; it needs nothing from here
     from .model import count_flops, count_parameters
     from .runs.folder import BRANCH_WEIGHTS, read_table
-    from .train import build_model
 
     groups: dict[str, list[MixingRun]] = {}
     for summary in load_runs(folders):

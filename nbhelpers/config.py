@@ -1,9 +1,31 @@
-"""Every training parameter in one place, with the seed's names and defaults.
+"""Every training parameter in one place, with the seed's names and defaults; the named sizes.
+
+Notebooks 01-06 make their configuration here (`make_config`), 02 and 03 build
+the model it describes (`build_model`), and 03, the series, the sweeps and 05
+take their run lengths from its sizes.
 
 papermill hands `-p` values over as str, int, float or bool, so each value is
 converted where that is unambiguous ("60" -> 60, "true" -> True) and checked;
 a bad one raises ConfigError naming the parameter, the value and what is
 allowed.
+
+A size names the values of the five parameters that decide how long a run
+takes (SIZED); every other parameter is the seed's recipe at any size. A
+parameter given explicitly (`-p num_epochs 3`) wins over its size's value.
+
+| size  | what it is                                   | what it cost where it was measured              |
+| ----- | -------------------------------------------- | ----------------------------------------------- |
+| full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on two    |
+|       |                                              | CPU cores about 8 hours per epoch, weeks in all)|
+| demo  | `make demo`: width 32, 5 epochs, all data    | about 4 minutes for 03 on two CPU cores         |
+| small | a CPU sweep's run (05, 06): width 32,        | under a minute per run on two CPU cores         |
+|       | 3 epochs, 8,000 / 1,000 images               |                                                 |
+| tiny  | the tests' size: width 16, 2 epochs,         | a few seconds per run                           |
+|       | 1,000 / 500 images                           |                                                 |
+
+("auto" is `full` on a CUDA GPU and `demo` elsewhere, Apple's MPS included;
+for a sweep, `full` and `small`.) Before its first epoch ends, `fit` prints
+what the run will take on the machine at hand.
 """
 from __future__ import annotations
 
@@ -16,14 +38,62 @@ from typing import Any
 import torch
 
 from .errors import ExplainedError
-from .model import MIXINGS
+from .model import MIXINGS, Model
 from .runtime import cpu_has_fast_bf16
-from .sizes import SIZES, pick_size
+
+__all__ = ["AUTO", "OPTIMIZERS", "SIZED", "SIZES", "WHAT", "NOT_CHANGING_THE_NUMBERS", "ConfigError",
+           "TrainConfig", "make_config", "check_value", "check_evaluation_parameters",
+           "check_injected_parameters", "unknown_names", "pick_size", "chosen_size_line", "build_model"]
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
 OPTIMIZERS = ("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam", "adamw", "sgd")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+# --------------------------------------------------------------------------
+# The named sizes: how long a run takes (the table in this module's docstring)
+# --------------------------------------------------------------------------
+
+# The parameters a size sets (the rest of TrainConfig is the recipe).
+SIZED = ("num_epochs", "backbone_out_channels", "hidden_size", "train_subset", "test_subset")
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": dict(num_epochs=60, backbone_out_channels=1024, hidden_size=512, train_subset=0,
+                 test_subset=0),
+    "demo": dict(num_epochs=5, backbone_out_channels=32, hidden_size=64, train_subset=0,
+                 test_subset=0),
+    "small": dict(num_epochs=3, backbone_out_channels=32, hidden_size=64, train_subset=8000,
+                  test_subset=1000),
+    "tiny": dict(num_epochs=2, backbone_out_channels=16, hidden_size=32, train_subset=1000,
+                 test_subset=500),
+}
+WHAT = {
+    "full": "the seed's settings: width 1,024, 60 epochs, all 50,000 training images",
+    "demo": "the CPU demo: width 32, 5 epochs, all 50,000 training images",
+    "small": "a CPU sweep's run: width 32, 3 epochs, 8,000 training and 1,000 test images",
+    "tiny": "the tests' size: width 16, 2 epochs, 1,000 training and 500 test images",
+}
+
+
+def pick_size(size: str, device: torch.device | str | None = None, *, sweep: bool = False) -> str:
+    """`size` itself, or for "auto": full on a CUDA GPU, else demo (a sweep's runs: small)."""
+    size = check_value("size", size)
+    if size != AUTO:
+        return size
+    if device is None:
+        cuda = torch.cuda.is_available()
+    else:
+        cuda = torch.device(device).type == "cuda"
+    return "full" if cuda else ("small" if sweep else "demo")
+
+
+def chosen_size_line(size: str, picked: str, device: torch.device) -> str:
+    """One line saying which size "auto" chose without a GPU, and how to choose another."""
+    if size != AUTO or picked == "full":
+        return ""
+    return (f"size: {picked} ({WHAT[picked]}), since there is no CUDA GPU here ({device.type}); "
+            "the seed's full size would take days on a CPU. Another: -p size full (or demo, small, tiny).")
 
 
 class ConfigError(ExplainedError, ValueError):
@@ -32,7 +102,7 @@ class ConfigError(ExplainedError, ValueError):
 
 @dataclass
 class TrainConfig:
-    # How long it runs: a named size (nbhelpers.sizes) gives the five values below it;
+    # How long it runs: a named size (SIZES) gives the five values below it;
     # make_config(size="demo", num_epochs=3) takes the demo's values, then num_epochs=3.
     size: str = "full"                # the size the run-length values came from: full, demo, small, tiny
     # The seed's recipe
@@ -87,6 +157,15 @@ class TrainConfig:
             "channels_last": (cuda or cpu) if self.channels_last == AUTO else self.channels_last,
         }
 
+
+# Parameters that say where a run's files are or how it runs and reports, not what it
+# computes: a run resumed with other values of these gives the numbers it would have
+# given uninterrupted. (The data folder may move; the data itself is checked by its
+# fingerprint. `size` only names where the run-length values came from; the values
+# themselves are compared.) The one list: a resume ignores these, 05 labels runs by
+# none of them, and a sweep sets all but `compile` itself.
+NOT_CHANGING_THE_NUMBERS = frozenset({"resume", "progress", "run_dir", "data_dir", "download",
+                                      "compile", "size"})
 
 # What each parameter accepts: (kind, detail). Kinds: int with (minimum,
 # maximum or None), float, a choice among strings, a bool, a bool or "auto", a path.
@@ -202,7 +281,7 @@ def unknown_names(unknown: list[str], known: list[str]) -> str:
 def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """A checked TrainConfig: `config` (or the defaults) with `overrides` applied.
 
-    A `size` among the overrides brings its five values (nbhelpers.sizes.SIZES)
+    A `size` among the overrides brings its five values (SIZES)
     in first, so the other overrides win over them; "auto" is full where a CUDA
     GPU is, else demo.
     """
@@ -218,6 +297,12 @@ def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainCon
         overrides = {k: v for k, v in overrides.items() if k != "size"}
     return TrainConfig(**{**base, **overrides})
 
+
+
+def build_model(config: TrainConfig, num_classes: int = 10) -> Model:
+    """The untrained model `config` describes (its sizes, branches and mixing)."""
+    return Model(config.num_blocks, 3, config.backbone_out_channels, config.num_conv_layer,
+                 config.hidden_size, num_classes, config.mixing)
 
 # --------------------------------------------------------------------------
 # Parameters papermill injected into a notebook

@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR
 
-from .config import ConfigError, TrainConfig, make_config
+from .config import ConfigError, TrainConfig, build_model, make_config
 from .branches import collect_branch_weights
 from .data import CifarLoader, CIFAR10Data, Split, Splits, balanced_indices, load_cifar10, prepare_splits
 from .errors import ExplainedError
 from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
-from .model import Model
 from .progress import Progress, RunEstimate
 from .ranger import Ranger
 from .runs.folder import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
@@ -38,11 +37,6 @@ class TrainingDiverged(ExplainedError, FloatingPointError):
 # --------------------------------------------------------------------------
 # Building the pieces
 # --------------------------------------------------------------------------
-
-def build_model(config: TrainConfig, num_classes: int = 10) -> Model:
-    return Model(config.num_blocks, 3, config.backbone_out_channels, config.num_conv_layer,
-                 config.hidden_size, num_classes, config.mixing)
-
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer named by config.optimizer, at the seed's lr and weight decay.

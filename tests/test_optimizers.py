@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nbhelpers.config import OPTIMIZERS, ConfigError, make_config
+from nbhelpers.config import OPTIMIZERS, ConfigError, build_model, make_config
 from nbhelpers.ranger import rectification, rectification_term, sma_length
-from nbhelpers.train import build_model, build_optimizer, build_scheduler, schedule_trace
+from nbhelpers.train import build_optimizer, build_scheduler, schedule_trace
 
 TINY = dict(backbone_out_channels=8, hidden_size=16, num_epochs=1)
 

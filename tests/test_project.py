@@ -70,7 +70,7 @@ def test_notebooks_start_with_parameters_then_setup(name):
 
 def test_the_training_notebook_holds_every_parameter_with_the_config_defaults():
     """Every TrainConfig field, at its default; the five a size sets are None ("the size's")."""
-    from nbhelpers.sizes import SIZED
+    from nbhelpers.config import SIZED
     cell = next(c for c in _notebook("03_train").cells if c.cell_type == "code")
     values = {p.name: ast.literal_eval(p.default) for p in PythonTranslator.inspect(cell)}
     defaults = dict(TrainConfig().to_dict(), size="auto", **dict.fromkeys(SIZED))

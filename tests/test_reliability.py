@@ -22,7 +22,7 @@ import torch
 from nbhelpers.runs import folder as R
 from nbhelpers.jobs import sweep as S
 from nbhelpers import train as T
-from nbhelpers.config import ConfigError, check_evaluation_parameters
+from nbhelpers.config import ConfigError, build_model, check_evaluation_parameters, make_config
 from nbhelpers.data import UnofficialCopyWarning
 from nbhelpers.errors import ExplainedError
 from nbhelpers.runs.lock import LOCK, FolderInUse, folder_lock
@@ -209,7 +209,7 @@ def _damage(run_dir: Path, how: str) -> None:
     elif how == "config without data":
         del info["data"]
     elif how == "model of another width":
-        torch.save(T.build_model(T.make_config(**dict(TINY, backbone_out_channels=8))).state_dict(),
+        torch.save(build_model(make_config(**dict(TINY, backbone_out_channels=8))).state_dict(),
                    run_dir / R.WEIGHTS)
         del info["model_sha256"]
     elif how == "model a pickle payload":

@@ -30,7 +30,7 @@ import nbformat
 
 from ..runs.folder import read_config, read_history
 from ..runtime import PROJECT_ROOT
-from ..sizes import SIZES, pick_size
+from ..config import SIZES, pick_size
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"

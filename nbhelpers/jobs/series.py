@@ -6,7 +6,7 @@
     python -m nbhelpers.jobs.series --size tiny --prepare-only build/nbval
                                                # parameterized copies at the tests' size, for nbval
 
-The sizes are nbhelpers.sizes'.
+The sizes are nbhelpers.config's.
 
 Executed notebooks land in runs/<name>/notebooks/, the trained run in
 runs/<name>/run/, and the figures in runs/<name>/figures/ (the reference run,
@@ -29,7 +29,7 @@ import papermill
 from ..data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
 from ..runs.folder import CHECKPOINT, is_finished
 from ..runtime import PROJECT_ROOT, RUNS_DIR
-from ..sizes import SIZES, WHAT, pick_size
+from ..config import SIZES, WHAT, pick_size
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # The series proper: data, model, training, evaluation of one run.
@@ -42,7 +42,7 @@ STUDY = "06_branch_mixing"
 ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE, STUDY)
 
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
-    """The papermill parameters of each notebook, for a named size (nbhelpers.sizes).
+    """The papermill parameters of each notebook, for a named size (nbhelpers.config.SIZES).
 
     At the tests' size, 05 and 06 are included, each on a sweep of its own: per-batch
     and per-epoch Ranger over two seeds; the seed's and softmax mixing over one.

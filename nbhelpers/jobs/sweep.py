@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from ..compare import load_runs
-from ..config import TrainConfig, make_config, unknown_names
+from ..config import SIZES, TrainConfig, make_config, pick_size, unknown_names
 from ..errors import ExplainedError
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
 from ..runs.folder import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
 from ..runtime import PROJECT_ROOT, RUNS_DIR, project_path
-from ..sizes import SIZES, pick_size
 from .series import NOTEBOOKS_DIR
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
@@ -143,7 +142,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
                only: list[str] | tuple[str, ...] = (), seeds: int = 1) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
-    Every run gets the named `size` (nbhelpers.sizes; "auto": full on a GPU, small
+    Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, small
     on a CPU), the same data and seed, and its own folder under `folder` (default
     runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
     by commas). `seeds=N` repeats every run with N seeds (rand_seed, rand_seed + 1, ...):
@@ -397,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", nargs="?", default="optimizers",
                         help="a sweep's name, or a JSON file {run name: {parameter: value}}")
     parser.add_argument("--size", default="auto", help="auto (full on a GPU, small on a CPU), "
-                        + ", ".join(SIZES) + " (nbhelpers.sizes)")
+                        + ", ".join(SIZES) + " (nbhelpers.config.SIZES)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="repeat every run with this many seeds (rand_seed, rand_seed + 1, ...)")
     parser.add_argument("--data-dir", default="", help="CIFAR-10's folder (default: as 03 finds it)")

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..config import ConfigError, TrainConfig, make_config
+from ..config import ConfigError, TrainConfig, build_model, make_config
 from ..errors import ExplainedError
 from .lock import LOCK, check_not_in_use, folder_lock
 from ..runtime import (PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name,
@@ -557,8 +557,6 @@ def load_run(run_dir: str | Path | None = None, device: torch.device | str | Non
     that is not the one this run wrote (its sha256 differs from config.json's),
     or a folder whose files are damaged, is refused with a message naming the file.
     """
-    from ..train import build_model  # train imports this module
-
     run_dir = project_path(run_dir) if run_dir else latest_run_dir(finished=not unfinished)
     if not run_dir.is_dir():
         raise RunFolderError(f"run_dir={str(run_dir)!r} is not a folder: name a run folder "

@@ -50,7 +50,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # nothing that reaches out to the network on its own.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-REDUCED_03 = dict(size="tiny")  # nbhelpers.sizes: a narrow model, 2 epochs, 1,000 images
+REDUCED_03 = dict(size="tiny")  # nbhelpers.config.SIZES: a narrow model, 2 epochs, 1,000 images
 # The user settings JupyterLab starts with: no autosave (a run must not write into the
 # notebook), no news or update pop-ups over the page.
 LAB_SETTINGS = {

@@ -67,7 +67,7 @@ def finished(entry: Entry) -> list[str]:
 
 
 def planned_epochs(entry: Entry) -> int:
-    """The entry's num_epochs: its own, or its size's (nbhelpers.sizes)."""
+    """The entry's num_epochs: its own, or its size's (nbhelpers.config.SIZES)."""
     training = {f.name for f in fields(TrainConfig)}
     return make_config(**{k: v for k, v in entry.parameters.items() if k in training}).num_epochs
 
