@@ -16,7 +16,7 @@ module reads those weights over a whole split and measures, without a threshold:
   computes exactly the model built without that branch).
 
 Each ablation is a difference in test accuracy with a 95% paired-bootstrap
-interval (nbhelpers.evaluation.paired_difference): real when it excludes 0.
+interval (nbhelpers.evaluation.paired_bootstrap_difference): real when it excludes 0.
 
     weights = collect_branch_weights(model, test)        # (blocks, images, branches)
     rows = ablation(model, test, weights.mean(dim=1))
@@ -27,10 +27,8 @@ block here and restored afterwards: the trained model itself never changes.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,22 +37,9 @@ from .compare import Spread, compare_spreads
 from .config import TrainConfig, build_model, make_config
 from .data import CifarLoader, Split
 from .errors import ExplainedError
-from .evaluation import Difference, infer, paired_difference
+from .evaluation import (DifferenceWithInterval, collect_branch_weights, infer, mixing_overridden,
+                         paired_bootstrap_difference)
 from .model import MIXINGS, MixingOverride, Model
-
-
-@contextlib.contextmanager
-def mixing_overridden(model: Model, overrides: dict[int, MixingOverride]) -> Iterator[Model]:
-    """Inside the `with`, block i mixes its branches through overrides[i]; afterwards as before."""
-    blocks = model.backbone.blocks
-    previous = {i: blocks[i].mixing_override for i in overrides}
-    try:
-        for i, override in overrides.items():
-            blocks[i].mixing_override = override
-        yield model
-    finally:
-        for i, override in previous.items():
-            blocks[i].mixing_override = override
 
 
 def fixed_weights(weights: torch.Tensor) -> MixingOverride:
@@ -69,27 +54,6 @@ def without_branch(branch: int) -> MixingOverride:
         kept[branch] = 0
         return computed * kept
     return remove
-
-
-def collect_branch_weights(model: Model, split: Split, device: torch.device | str | None = None,
-                           precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
-    """The weights every block gives every image of `split`: (blocks, images, branches), float32, CPU.
-
-    The images go through the model in evaluation mode, in the split's order,
-    and each block's weights are recorded as it computes them. `device`,
-    `precision` and `channels_last` are passed on to `infer`.
-    """
-    recorded: list[list[torch.Tensor]] = [[] for _ in model.backbone.blocks]
-
-    def recorder(block: int) -> MixingOverride:
-        def record(computed: torch.Tensor) -> torch.Tensor:
-            recorded[block].append(computed.detach().float().cpu())
-            return computed
-        return record
-
-    with mixing_overridden(model, {i: recorder(i) for i in range(len(recorded))}):
-        infer(model, split, device, precision, channels_last)
-    return torch.stack([torch.cat(batches) for batches in recorded])
 
 
 def mean_weight_per_class(weights: torch.Tensor, labels: torch.Tensor,
@@ -355,7 +319,7 @@ class AblationRow:
     change: str               # what was done to the model, in words
     accuracy: float           # test accuracy (%) with that change
     baseline: float           # test accuracy (%) of the model as trained
-    difference: Difference    # accuracy - baseline in points, with its 95% paired-bootstrap interval
+    difference: DifferenceWithInterval    # accuracy - baseline in points, with its 95% paired-bootstrap interval
 
 
 def ablation_changes(mean_weights: torch.Tensor) -> dict[str, dict[int, MixingOverride]]:
@@ -392,11 +356,11 @@ def ablation(model: Model, split: Split, mean_weights: torch.Tensor,
     trained = right["as trained"]
     baseline = 100 * trained.double().mean().item()
     return [AblationRow(change, 100 * got.double().mean().item(), baseline,
-                        paired_difference(got, trained))
+                        paired_bootstrap_difference(got, trained))
             for change, got in right.items()]
 
 
-def verdict(difference: Difference) -> str:
+def verdict(difference: DifferenceWithInterval) -> str:
     """A difference in words: a loss or a gain only when its interval excludes 0."""
     if not difference.is_real:
         return "tie"

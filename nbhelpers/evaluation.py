@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import CifarLoader, Split
+from .model import MixingOverride, Model
 
 EVAL_BATCH_SIZE = 1000  # evaluation needs no gradients: large batches, few launches
 
@@ -99,7 +101,7 @@ class Calibration:
     counts: torch.Tensor     # (bins,) images per bin
     confidence: torch.Tensor  # (bins,) mean confidence of the bin's images
     accuracy: torch.Tensor   # (bins,) share of the bin's images predicted right
-    mean_gap: "Difference"   # right (1 or 0) minus sure, per image, averaged: which way the model leans
+    mean_gap: "DifferenceWithInterval"   # right (1 or 0) minus sure, per image, averaged: which way the model leans
 
     @property
     def expected_calibration_error(self) -> float:
@@ -124,11 +126,11 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> C
                        mean_with_interval(100 * (right - confidence.double())))
 
 
-def mean_with_interval(values: torch.Tensor) -> "Difference":
+def mean_with_interval(values: torch.Tensor) -> "DifferenceWithInterval":
     """The mean of per-image values with its 95% interval (normal approximation: the images are many)."""
     mean = float(values.mean())
     half = 1.96 * float(values.std()) / len(values) ** 0.5 if len(values) > 1 else float("inf")
-    return Difference(mean, mean - half, mean + half)
+    return DifferenceWithInterval(mean, mean - half, mean + half)
 
 
 def format_calibration(table: Calibration) -> str:
@@ -157,7 +159,7 @@ BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
-class Difference:
+class DifferenceWithInterval:
     """An accuracy difference in percentage points with its 95% interval (low, high)."""
 
     points: float
@@ -173,9 +175,9 @@ class Difference:
         return f"{self.points:+.2f} pp [{self.low:+.2f}, {self.high:+.2f}]"
 
 
-def paired_difference(right: torch.Tensor, right_before: torch.Tensor,
+def paired_bootstrap_difference(right: torch.Tensor, right_before: torch.Tensor,
                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
-                      seed: int = 0) -> Difference:
+                      seed: int = 0) -> DifferenceWithInterval:
     """Accuracy of `right` minus that of `right_before` (per-image booleans, the same images), with a
     percentile bootstrap interval.
 
@@ -192,4 +194,43 @@ def paired_difference(right: torch.Tensor, right_before: torch.Tensor,
         draws = generator.integers(0, len(per_image), (min(chunk, resamples - start), len(per_image)))
         means.append(per_image[draws].mean(axis=1))
     low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
-    return Difference(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))
+    return DifferenceWithInterval(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))
+
+
+# --------------------------------------------------------------------------
+# The branch weights each block computes, image by image
+# --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mixing_overridden(model: Model, overrides: dict[int, MixingOverride]) -> Iterator[Model]:
+    """Inside the `with`, block i mixes its branches through overrides[i]; afterwards as before."""
+    blocks = model.backbone.blocks
+    previous = {i: blocks[i].mixing_override for i in overrides}
+    try:
+        for i, override in overrides.items():
+            blocks[i].mixing_override = override
+        yield model
+    finally:
+        for i, override in previous.items():
+            blocks[i].mixing_override = override
+
+
+def collect_branch_weights(model: Model, split: Split, device: torch.device | str | None = None,
+                           precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """The weights every block gives every image of `split`: (blocks, images, branches), float32, CPU.
+
+    The images go through the model in evaluation mode, in the split's order,
+    and each block's weights are recorded as it computes them. `device`,
+    `precision` and `channels_last` are passed on to `infer`.
+    """
+    recorded: list[list[torch.Tensor]] = [[] for _ in model.backbone.blocks]
+
+    def recorder(block: int) -> MixingOverride:
+        def record(computed: torch.Tensor) -> torch.Tensor:
+            recorded[block].append(computed.detach().float().cpu())
+            return computed
+        return record
+
+    with mixing_overridden(model, {i: recorder(i) for i in range(len(recorded))}):
+        infer(model, split, device, precision, channels_last)
+    return torch.stack([torch.cat(batches) for batches in recorded])

@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR
 
 from .config import ConfigError, TrainConfig, build_model, make_config
-from .branches import collect_branch_weights
 from .data import CifarLoader, CIFAR10Data, Split, Splits, balanced_indices, load_cifar10, prepare_splits
 from .errors import ExplainedError
-from .evaluation import EVAL_BATCH_SIZE, autocast, evaluate
+from .evaluation import EVAL_BATCH_SIZE, autocast, collect_branch_weights, evaluate
 from .progress import Progress, RunEstimate
 from .ranger import Ranger
 from .runs.folder import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from nbhelpers import Model
-from nbhelpers.branches import collect_branch_weights, score_gradients
+from nbhelpers.branches import score_gradients
+from nbhelpers.evaluation import collect_branch_weights
 from nbhelpers.config import ConfigError, make_config
 from nbhelpers.data import Split, normalize
 from nbhelpers.model import MIXINGS, BasicBlock, count_parameters

@@ -149,9 +149,9 @@ def test_branch_weights_csv_holds_every_blocks_mean_weights_from_the_untrained_s
         [(e, b, j) for e in (0, 1, 2) for b in range(3) for j in range(3)]
     how = (run.resolved["precision"], run.resolved["channels_last"])
     start = branches.initial_model(run.config).to(memory_format=torch.channels_last)
-    untrained = branches.collect_branch_weights(start, synthetic_data.test, "cpu", *how)
+    untrained = E.collect_branch_weights(start, synthetic_data.test, "cpu", *how)
     assert [r["mean"] for r in rows[:9]] == pytest.approx(untrained.mean(dim=1).flatten().tolist(), abs=1e-6)
-    trained = branches.collect_branch_weights(run.model, synthetic_data.test, "cpu", *how)
+    trained = E.collect_branch_weights(run.model, synthetic_data.test, "cpu", *how)
     assert [r["mean_abs"] for r in rows[-9:]] == pytest.approx(trained.abs().mean(dim=1).flatten().tolist(), abs=1e-6)
 
 
