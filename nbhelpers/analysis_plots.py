@@ -321,7 +321,7 @@ def branch_weights_by_epoch(history) -> Figure:
 
 
 # --------------------------------------------------------------------------
-# Notebook 06: the mixings side by side (groups of nbhelpers.branches.read_mixing_runs)
+# Notebook 06: the mixings side by side (groups of nbhelpers.compare.mixing_groups)
 # --------------------------------------------------------------------------
 
 MIXING_COLORS = {"seed": "tab:red", "softmax": "tab:blue", "sigmoid": "tab:green", "equal": "0.45"}

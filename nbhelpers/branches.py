@@ -28,18 +28,15 @@ block here and restored afterwards: the trained model itself never changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .compare import Spread, compare_spreads
-from .config import TrainConfig, build_model, make_config
+from .config import TrainConfig, build_model
 from .data import CifarLoader, Split
 from .errors import ExplainedError
-from .evaluation import (DifferenceWithInterval, collect_branch_weights, infer, mixing_overridden,
-                         paired_bootstrap_difference)
-from .model import MIXINGS, MixingOverride, Model
+from .evaluation import DifferenceWithInterval, infer, mixing_overridden, paired_bootstrap_difference
+from .model import MixingOverride, Model
 
 
 def fixed_weights(weights: torch.Tensor) -> MixingOverride:
@@ -449,146 +446,3 @@ def costliest_removal(uses: list[dict]) -> int | None:
     if len(ranked) > 1 and ranked[0]["removed"].high >= ranked[1]["removed"].low:
         return None  # the two costliest overlap: a tie
     return ranked[0]["branch"]
-
-
-# --------------------------------------------------------------------------
-# Notebook 06: the mixings side by side, over seeds
-# --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class MixingRun:
-    """One run of the mixing sweep, read back from its folder."""
-
-    folder: Path
-    mixing: str
-    rand_seed: int
-    final_acc: float
-    seconds_per_epoch: float
-    parameters: int
-    step_flops: float        # FLOPs of one training step per image (forward and backward)
-    history: BranchHistory
-
-
-def read_mixing_runs(folders: list[str | Path]) -> dict[str, list[MixingRun]]:
-    """Finished run folders, grouped by their mixing in MIXINGS' order (seeds in order)."""
-    from .compare import load_runs  # compare reads run folders; it needs nothing from here
-    from .model import count_flops, count_parameters
-    from .runs.folder import BRANCH_WEIGHTS, read_table
-
-    groups: dict[str, list[MixingRun]] = {}
-    for summary in load_runs(folders):
-        config = make_config(**summary.config)
-        with torch.device("meta"):  # the counts need shapes only
-            model = build_model(config)
-        path = summary.folder / BRANCH_WEIGHTS
-        rows = read_table(path) if path.is_file() else []
-        groups.setdefault(config.mixing, []).append(MixingRun(
-            summary.folder, config.mixing, config.rand_seed, summary.final_acc,
-            summary.seconds_per_epoch, count_parameters(model), count_flops(model)["train_step"],
-            branch_history(rows, str(summary.folder))))
-    return {mixing: sorted(groups[mixing], key=lambda run: run.rand_seed)
-            for mixing in MIXINGS if mixing in groups}
-
-
-def final_effective(runs: list[MixingRun]) -> list[Spread]:
-    """Per block: the effective number of branches at the end of training, over the runs' seeds."""
-    ends = torch.stack([run.history.effective[-1] for run in runs])  # (seeds, blocks)
-    return [Spread(tuple(ends[:, block].tolist())) for block in range(ends.shape[1])]
-
-
-def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
-    """Per mixing, as Markdown: accuracy, branches in use at start and end, parameters and time."""
-    blocks = next(iter(groups.values()))[0].history.mean.shape[1]
-    lines = ["| mixing | seeds | final test accuracy (%), mean ± spread | effective branches per block, "
-             "untrained → trained | parameters | seconds per epoch |",
-             "| --- | ---: | ---: | --- | ---: | ---: |"]
-    for mixing, runs in groups.items():
-        starts = torch.stack([run.history.effective[0] for run in runs]).mean(dim=0)
-        ends = final_effective(runs)
-        use = "; ".join(f"{starts[block]:.2f} → {ends[block]}" for block in range(blocks))
-        lines.append(f"| {mixing} | {len(runs)} | {Spread(tuple(r.final_acc for r in runs))} | {use} | "
-                     f"{runs[0].parameters:,} | {Spread(tuple(r.seconds_per_epoch for r in runs))} |")
-    return "\n".join(lines)
-
-
-def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
-    """In how many (run, block) pairs the branch with the largest share at epoch 0 still has it at the end.
-
-    Blocks where no single branch leads at epoch 0 are not counted.
-    """
-    pairs = [first == leading_branch(run.history.shares[-1, block])
-             for run in runs for block in range(run.history.shares.shape[1])
-             if (first := leading_branch(run.history.shares[0, block])) is not None]
-    return int(sum(pairs)), len(pairs)
-
-
-def _accuracy(runs: list[MixingRun]) -> Spread:
-    return Spread(tuple(run.final_acc for run in runs))
-
-
-_SAID = {"tie": "a tie (inside the seeds' spreads)", "unknown": "no verdict (one seed: no spread to judge by)",
-         "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
-
-
-def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "seed") -> str:
-    """What the sweep says, each mixing against the seed's, in numbers: notebook 06's conclusion.
-
-    A difference counts only where the two means ± spreads do not overlap;
-    inside them it is a tie, and with one seed there is no spread to judge by.
-    """
-    if reference not in groups or len(groups) < 2:
-        return (f"Nothing to compare: the runs hold {', '.join(groups) or 'no mixing'}; the conclusion "
-                f"needs the {reference!r} mixing and at least one other.")
-    base_accuracy, base_use = _accuracy(groups[reference]), final_effective(groups[reference])
-    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(groups[reference])} seed(s); "
-             f"effective branches per block at the end: {', '.join(map(str, base_use))}"]
-    others = [mixing for mixing in groups if mixing != reference]
-    against: dict[str, str] = {}
-    more_branches = []
-    for mixing in others:
-        accuracy, use = _accuracy(groups[mixing]), final_effective(groups[mixing])
-        against[mixing] = compare_spreads(accuracy, base_accuracy)
-        lines.append(f"{mixing}: {accuracy}% ({accuracy.mean - base_accuracy.mean:+.2f} points against "
-                     f"{reference}: {_SAID[against[mixing]]}); effective branches per block at the end: "
-                     f"{', '.join(map(str, use))}")
-        if all(compare_spreads(after, before) == "higher" for after, before in zip(use, base_use)):
-            more_branches.append(mixing)
-    kept, pairs = kept_first_choice(groups[reference])
-    lines += ["", "Conclusion:"]
-    if any(len(runs) < 2 for runs in groups.values()):
-        lines.append("- with a single seed for some mixing there is no spread to judge a difference "
-                     "by: run the sweep with more seeds (seeds) before concluding anything.")
-        return "\n".join(lines)
-    if pairs:
-        lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
-                     f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
-    lines.append("- branches in use: " + (
-        f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
-        "seeds' spreads." if more_branches else
-        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads."))
-    better = [m for m in others if against[m] == "higher"]
-    worse = [m for m in others if against[m] == "lower"]
-    tied = [m for m in others if against[m] == "tie"]
-    parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
-            ([f"{', '.join(worse)} less accurate than {reference}"] if worse else []) + \
-            ([f"{', '.join(tied)} tied with {reference}"] if tied else [])
-    lines.append(f"- accuracy against {reference}: {'; '.join(parts)} (differences beyond the seeds' spreads "
-                 "count, those inside them are ties).")
-    pairs_among = [(a, b, compare_spreads(_accuracy(groups[a]), _accuracy(groups[b])))
-                   for k, a in enumerate(others) for b in others[k + 1:]]
-    if pairs_among:
-        lines.append("- accuracy among the others: " + "; ".join(
-            f"{a} against {b}: {'a tie' if v == 'tie' else a + ' ' + v}" for a, b, v in pairs_among) + ".")
-    if "equal" in others and better:
-        beats_equal = [m for m in better if m != "equal" and compare_spreads(
-            _accuracy(groups[m]), _accuracy(groups["equal"])) == "higher"]
-        if beats_equal:
-            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal beyond the spreads: choosing "
-                         "branches image by image adds accuracy beyond averaging them.")
-        elif "equal" in better:
-            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
-                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
-                         "from using every branch, not from choosing between them image by image.")
-    if not better and not worse:
-        lines.append(f"- so: no difference in accuracy at this size; every mixing ties with {reference}.")
-    return "\n".join(lines)

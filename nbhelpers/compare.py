@@ -1,19 +1,23 @@
-"""Optimizers side by side: on a 2-D toy problem, inside one real layer, and as whole training runs.
+"""Runs compared over seeds: 05's settings (optimizers, Ranger's parts) and 06's branch mixings.
+
+Each setting is run with several seeds, and a difference between two settings
+is set against the noise between the seeds. The runs come from their folders
+through nbhelpers.runs.load.load_runs.
 
     runs = load_runs(["runs/optimizers-small/ranger-batch/run", ...])
     settings = group_settings(runs)            # the runs of one setting over its seeds
     print(markdown_table(settings))            # final test accuracy: mean and spread over seeds
-    paired_differences(settings, "scheduler_step", "batch", "epoch")   # real or a tie, each
+    differences_between(settings, "scheduler_step", "batch", "epoch")   # real or a tie, each
 
-Notebook 03 uses the first parts to make Ranger's pieces concrete (Lookahead's
-fast and slow weights, gradient centralization on a conv layer's gradient, the
-step RAdam's r_t lets through; the schedule's learning rate and beta1 per step
-come from nbhelpers.train.schedule_trace); notebook 05 the last, on the run
-folders of a sweep (nbhelpers.jobs.sweep), each setting repeated over several seeds.
+    groups = mixing_groups(load_runs(folders))  # notebook 06: per mixing, its runs over the seeds
+    print(describe_mixing_study(groups))       # each mixing against the seed's, in numbers
+
+Notebook 05 uses the first part, on the run folders of a sweep
+(nbhelpers.jobs.sweep); notebook 06 the last, on the sweep `mixing`; 03 sets
+one batch's numbers against the next with `Spread`.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -22,133 +26,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .config import make_config
-from .ranger import Ranger, centralized, rectification_term
-from .runs.folder import CONFIG, HISTORY, STEPS, read_history, read_table
+from .branches import BranchHistory, branch_history, leading_branch
+from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config
+from .model import MIXINGS, count_flops, count_parameters
 
-# --------------------------------------------------------------------------
-# Lookahead on a 2-D problem
-# --------------------------------------------------------------------------
-
-# A long, narrow valley lying diagonally: the loss is 0.05 * (0.5 u^2 + 8 v^2) with
-# u, v the coordinates along and across it, so across is 16 times steeper than along.
-VALLEY_START = (-3.0, -1.0)
-
-
-def valley_loss(points: torch.Tensor) -> torch.Tensor:
-    """The toy loss at points of shape (..., 2); its minimum is 0 at (0, 0)."""
-    x, y = points[..., 0], points[..., 1]
-    along, across = (x + y) / math.sqrt(2), (x - y) / math.sqrt(2)
-    return 0.05 * (0.5 * along ** 2 + 8 * across ** 2)
-
-
-@dataclass
-class Path2D:
-    fast: torch.Tensor   # (steps + 1 + syncs, 2): every fast weight, incl. the one just before each sync
-    slow: torch.Tensor   # (syncs + 1, 2): the slow weights, from the start and after each sync
-    loss: list[float]    # the loss at the weights after every step (what the model would use)
-
-
-def ranger_path_2d(alpha: float = 0.5, k: int = 6, lr: float = 1.0, steps: int = 150,
-                   noise: float = 0.2, seed: int = 0) -> Path2D:
-    """Ranger's weights on the valley, gradients with Gaussian noise (as minibatches give).
-
-    Ranger copies the slow weights over the fast ones at every k-th step, so the fast
-    weights just before that sync are recovered from the slow weights' move:
-    slow_new = slow_old + alpha * (fast - slow_old).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    point = torch.tensor(VALLEY_START, requires_grad=True)
-    optimizer = Ranger([point], lr=lr, alpha=alpha, k=k)
-    fast, slow, losses = [point.detach().clone()], [point.detach().clone()], []
-    for step in range(1, steps + 1):
-        optimizer.zero_grad()
-        valley_loss(point).backward()
-        point.grad += noise * torch.randn(2, generator=generator)
-        slow_before = slow[-1]
-        optimizer.step()
-        if step % k == 0:
-            slow_now = optimizer.state[point]["slow_buffer"].clone()
-            if alpha > 0:
-                fast.append(slow_before + (slow_now - slow_before) / alpha)
-            slow.append(slow_now)
-        fast.append(point.detach().clone())
-        losses.append(valley_loss(point.detach()).item())
-    return Path2D(torch.stack(fast), torch.stack(slow), losses)
-
-
-# --------------------------------------------------------------------------
-# Gradient centralization on a real layer
-# --------------------------------------------------------------------------
-
-@dataclass
-class Centralization:
-    """What gradient centralization does to one weight's gradient, one value per output unit."""
-
-    parameter: str
-    mean_before: torch.Tensor  # the mean of each output unit's gradient, as backward gives it
-    mean_after: torch.Tensor   # the same after centralization (zero, up to rounding)
-    removed: torch.Tensor      # the share of each unit's squared gradient norm that GC takes away
-
-
-def gradient_of_one_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                          parameter: str) -> torch.Tensor:
-    """The gradient of one parameter on one training batch, as training computes it.
-
-    A copy of the model runs in training mode (batch statistics, dropout), so
-    the model itself, BatchNorm's running statistics included, stays as it was.
-    The batch goes to the model's device; the gradient comes back as float32 on the CPU.
-    """
-    model = copy.deepcopy(model).train()
-    model.zero_grad(set_to_none=True)
-    device = next(model.parameters()).device
-    F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
-    return dict(model.named_parameters())[parameter].grad.detach().float().cpu()
-
-
-def centralization_effect(parameter: str, grad: torch.Tensor) -> Centralization:
-    """Each output unit's gradient before and after Ranger's centralization (nbhelpers.ranger)."""
-    before, after = grad.flatten(1), centralized(grad).flatten(1)
-    return Centralization(parameter, before.mean(dim=1), after.mean(dim=1),
-                          1 - after.pow(2).sum(dim=1) / before.pow(2).sum(dim=1))
-
-
-# --------------------------------------------------------------------------
-# The step RAdam's rectification lets through, over a whole run
-# --------------------------------------------------------------------------
-
-RANGER_BETA2 = 0.999  # Ranger's default, the seed's
-
-
-@dataclass
-class Peak:
-    """The schedule's highest learning rate, and how much of it r_t lets through there."""
-
-    step: int       # counted from 1, as the optimizer counts
-    lr: float
-    r_t: float
-
-    @property
-    def effective_lr(self) -> float:
-        return self.lr * self.r_t
-
-
-def effective_learning_rates(lrs: Sequence[float], beta2: float = RANGER_BETA2) -> list[float]:
-    """lr x r_t at every step: the learning rate that Adam's rectified step really gets.
-
-    NaN for the first steps, where rho_t <= 5 and Ranger takes plain momentum steps instead.
-    """
-    return [lr * rectification_term(step, beta2) if step > 5 else math.nan
-            for step, lr in enumerate(lrs, start=1)]
-
-
-def peak_of(lrs: Sequence[float], beta2: float = RANGER_BETA2) -> Peak:
-    """Where the schedule peaks (the first step at its highest learning rate) and r_t there."""
-    index = max(range(len(lrs)), key=lambda i: (lrs[i], -i))
-    return Peak(index + 1, lrs[index], rectification_term(index + 1, beta2))
-
+__all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Spread", "compare_spreads", "Setting",
+           "group_settings", "SettingDifference", "differences_between", "against_the_first",
+           "markdown_table", "differences_table", "roughness", "MixingRun", "mixing_groups",
+           "final_effective", "mixing_table", "kept_first_choice", "describe_mixing_study"]
 
 # --------------------------------------------------------------------------
 # Whole runs side by side, each setting over several seeds
@@ -162,6 +48,7 @@ class RunSummary:
     config: dict[str, Any]
     history: list[dict[str, float]]
     steps: list[dict[str, float]] = field(default_factory=list)  # steps.csv (empty for older runs)
+    branch_weights: list[dict[str, float]] = field(default_factory=list)  # branch_weights.csv (06)
     label: str = ""                     # what sets its setting apart from the others, e.g. "adamw, epoch"
     varying: dict[str, Any] | None = None  # the parameters but the seed that differ between the runs
 
@@ -182,29 +69,18 @@ class RunSummary:
         return len(self.history) == self.config["num_epochs"]
 
 
-# Parameters that say where or how a run was made, not what it computed: never a label.
-# The seed is no label either: runs that differ only in it are one setting, repeated.
-_NOT_LABELS = {"run_dir", "data_dir", "download", "resume", "progress", "compile", "size", "rand_seed"}
+# Parameters that say where or how a run was made, not what it computed, are never a
+# label. The seed is no label either: runs that differ only in it are one setting, repeated.
+NOT_LABELS = NOT_CHANGING_THE_NUMBERS | {"rand_seed"}
 
 
-def load_runs(folders: Sequence[str | Path]) -> list[RunSummary]:
-    """Read run folders (config.json, history.csv, steps.csv) and label each by what differs."""
-    runs = []
-    for folder in map(Path, folders):
-        if not (folder / CONFIG).is_file():
-            raise FileNotFoundError(f"{folder} is not a run folder: it has no {CONFIG}")
-        config = json.loads((folder / CONFIG).read_text())["config"]
-        history = read_history(folder) if (folder / HISTORY).is_file() else []
-        if not history:
-            raise FileNotFoundError(f"{folder} has no finished epoch yet (no history.csv)")
-        steps = read_table(folder / STEPS) if (folder / STEPS).is_file() else []
-        runs.append(RunSummary(folder, make_config(**config).to_dict(), history, steps))
-    varying = [name for name in runs[0].config if name not in _NOT_LABELS
+def label_by_what_differs(runs: Sequence[RunSummary]) -> None:
+    """Set each run's `varying` and `label` to the parameters (NOT_LABELS aside) that differ between the runs."""
+    varying = [name for name in runs[0].config if name not in NOT_LABELS
                and len({json.dumps(run.config[name]) for run in runs}) > 1] if runs else []
     for run in runs:
         run.varying = {name: run.config[name] for name in varying}
         run.label = ", ".join(str(value) for value in run.varying.values()) or "all runs"
-    return runs
 
 
 @dataclass(frozen=True)
@@ -277,7 +153,7 @@ def group_settings(runs: Sequence[RunSummary]) -> list[Setting]:
 
 
 @dataclass
-class Difference:
+class SettingDifference:
     """first's mean final accuracy minus second's, set against the two settings' spread.
 
     It is called real when it is larger than the sum of the two spreads (their
@@ -302,23 +178,23 @@ class Difference:
         return {"unknown": "unknown (one seed: no spread)", "tie": "tie"}.get(said, "real")
 
 
-def paired_differences(settings: Sequence[Setting], parameter: str, first: Any,
-                       second: Any) -> list[Difference]:
+def differences_between(settings: Sequence[Setting], parameter: str, first: Any,
+                        second: Any) -> list[SettingDifference]:
     """parameter=first against parameter=second, for each pair of settings alike otherwise.
 
     E.g. parameter="scheduler_step", first="batch", second="epoch": one
-    Difference per optimizer run both ways.
+    SettingDifference per optimizer run both ways.
     """
     pairs: dict[tuple, dict[Any, Setting]] = {}
     for setting in settings:
         if parameter in setting.varying:
             rest = tuple((k, v) for k, v in setting.varying.items() if k != parameter)
             pairs.setdefault(rest, {})[setting.varying[parameter]] = setting
-    return [Difference(pair[first], pair[second]) for pair in pairs.values()
+    return [SettingDifference(pair[first], pair[second]) for pair in pairs.values()
             if first in pair and second in pair]
 
 
-def against_the_first(settings: Sequence[Setting]) -> list[Difference]:
+def against_the_first(settings: Sequence[Setting]) -> list[SettingDifference]:
     """The first setting of each group against every other, where a group shares all but the
     first varying parameter: e.g. Ranger against each other optimizer, per batch and per epoch."""
     if not settings or not settings[0].varying:
@@ -328,7 +204,7 @@ def against_the_first(settings: Sequence[Setting]) -> list[Difference]:
     for setting in settings:
         rest = tuple((k, v) for k, v in setting.varying.items() if k != parameter)
         groups.setdefault(rest, []).append(setting)
-    return [Difference(group[0], other) for group in groups.values() for other in group[1:]]
+    return [SettingDifference(group[0], other) for group in groups.values() for other in group[1:]]
 
 
 def markdown_table(settings: Sequence[Setting]) -> str:
@@ -350,7 +226,7 @@ def markdown_table(settings: Sequence[Setting]) -> str:
     return "\n".join(lines)
 
 
-def differences_table(differences: Sequence[Difference]) -> str:
+def differences_table(differences: Sequence[SettingDifference]) -> str:
     """A row per difference: its value, the spread it is set against, and the verdict."""
     lines = ["| first | second | difference of means (points) | sum of the two spreads (points) | verdict |",
              "| --- | --- | ---: | ---: | --- |"]
@@ -370,3 +246,140 @@ def roughness(run: RunSummary) -> float:
     losses = [row["train_loss"] for row in run.steps]
     changes = [b - a for a, b in zip(losses, losses[1:])]
     return statistics.stdev(changes) if len(changes) > 1 else math.nan
+
+
+# --------------------------------------------------------------------------
+# Notebook 06: the mixings side by side, over seeds
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MixingRun:
+    """One run of the mixing sweep, read back from its folder."""
+
+    folder: Path
+    mixing: str
+    rand_seed: int
+    final_acc: float
+    seconds_per_epoch: float
+    parameters: int
+    step_flops: float        # FLOPs of one training step per image (forward and backward)
+    history: BranchHistory
+
+
+def mixing_groups(runs: Sequence[RunSummary]) -> dict[str, list[MixingRun]]:
+    """Runs read back (nbhelpers.runs.load.load_runs), grouped by their mixing in MIXINGS' order (seeds in order)."""
+    groups: dict[str, list[MixingRun]] = {}
+    for summary in runs:
+        config = make_config(**summary.config)
+        with torch.device("meta"):  # the counts need shapes only
+            model = build_model(config)
+        groups.setdefault(config.mixing, []).append(MixingRun(
+            summary.folder, config.mixing, config.rand_seed, summary.final_acc,
+            summary.seconds_per_epoch, count_parameters(model), count_flops(model)["train_step"],
+            branch_history(summary.branch_weights, str(summary.folder))))
+    return {mixing: sorted(groups[mixing], key=lambda run: run.rand_seed)
+            for mixing in MIXINGS if mixing in groups}
+
+
+def final_effective(runs: list[MixingRun]) -> list[Spread]:
+    """Per block: the effective number of branches at the end of training, over the runs' seeds."""
+    ends = torch.stack([run.history.effective[-1] for run in runs])  # (seeds, blocks)
+    return [Spread(tuple(ends[:, block].tolist())) for block in range(ends.shape[1])]
+
+
+def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
+    """Per mixing, as Markdown: accuracy, branches in use at start and end, parameters and time."""
+    blocks = next(iter(groups.values()))[0].history.mean.shape[1]
+    lines = ["| mixing | seeds | final test accuracy (%), mean ± spread | effective branches per block, "
+             "untrained → trained | parameters | seconds per epoch |",
+             "| --- | ---: | ---: | --- | ---: | ---: |"]
+    for mixing, runs in groups.items():
+        starts = torch.stack([run.history.effective[0] for run in runs]).mean(dim=0)
+        ends = final_effective(runs)
+        use = "; ".join(f"{starts[block]:.2f} → {ends[block]}" for block in range(blocks))
+        lines.append(f"| {mixing} | {len(runs)} | {Spread(tuple(r.final_acc for r in runs))} | {use} | "
+                     f"{runs[0].parameters:,} | {Spread(tuple(r.seconds_per_epoch for r in runs))} |")
+    return "\n".join(lines)
+
+
+def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
+    """In how many (run, block) pairs the branch with the largest share at epoch 0 still has it at the end.
+
+    Blocks where no single branch leads at epoch 0 are not counted.
+    """
+    pairs = [first == leading_branch(run.history.shares[-1, block])
+             for run in runs for block in range(run.history.shares.shape[1])
+             if (first := leading_branch(run.history.shares[0, block])) is not None]
+    return int(sum(pairs)), len(pairs)
+
+
+def _accuracy(runs: list[MixingRun]) -> Spread:
+    return Spread(tuple(run.final_acc for run in runs))
+
+
+_SAID = {"tie": "a tie (inside the seeds' spreads)", "unknown": "no verdict (one seed: no spread to judge by)",
+         "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
+
+
+def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "seed") -> str:
+    """What the sweep says, each mixing against the seed's, in numbers: notebook 06's conclusion.
+
+    A difference counts only where the two means ± spreads do not overlap;
+    inside them it is a tie, and with one seed there is no spread to judge by.
+    """
+    if reference not in groups or len(groups) < 2:
+        return (f"Nothing to compare: the runs hold {', '.join(groups) or 'no mixing'}; the conclusion "
+                f"needs the {reference!r} mixing and at least one other.")
+    base_accuracy, base_use = _accuracy(groups[reference]), final_effective(groups[reference])
+    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(groups[reference])} seed(s); "
+             f"effective branches per block at the end: {', '.join(map(str, base_use))}"]
+    others = [mixing for mixing in groups if mixing != reference]
+    against: dict[str, str] = {}
+    more_branches = []
+    for mixing in others:
+        accuracy, use = _accuracy(groups[mixing]), final_effective(groups[mixing])
+        against[mixing] = compare_spreads(accuracy, base_accuracy)
+        lines.append(f"{mixing}: {accuracy}% ({accuracy.mean - base_accuracy.mean:+.2f} points against "
+                     f"{reference}: {_SAID[against[mixing]]}); effective branches per block at the end: "
+                     f"{', '.join(map(str, use))}")
+        if all(compare_spreads(after, before) == "higher" for after, before in zip(use, base_use)):
+            more_branches.append(mixing)
+    kept, pairs = kept_first_choice(groups[reference])
+    lines += ["", "Conclusion:"]
+    if any(len(runs) < 2 for runs in groups.values()):
+        lines.append("- with a single seed for some mixing there is no spread to judge a difference "
+                     "by: run the sweep with more seeds (seeds) before concluding anything.")
+        return "\n".join(lines)
+    if pairs:
+        lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
+                     f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
+    lines.append("- branches in use: " + (
+        f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
+        "seeds' spreads." if more_branches else
+        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads."))
+    better = [m for m in others if against[m] == "higher"]
+    worse = [m for m in others if against[m] == "lower"]
+    tied = [m for m in others if against[m] == "tie"]
+    parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
+            ([f"{', '.join(worse)} less accurate than {reference}"] if worse else []) + \
+            ([f"{', '.join(tied)} tied with {reference}"] if tied else [])
+    lines.append(f"- accuracy against {reference}: {'; '.join(parts)} (differences beyond the seeds' spreads "
+                 "count, those inside them are ties).")
+    pairs_among = [(a, b, compare_spreads(_accuracy(groups[a]), _accuracy(groups[b])))
+                   for k, a in enumerate(others) for b in others[k + 1:]]
+    if pairs_among:
+        lines.append("- accuracy among the others: " + "; ".join(
+            f"{a} against {b}: {'a tie' if v == 'tie' else a + ' ' + v}" for a, b, v in pairs_among) + ".")
+    if "equal" in others and better:
+        beats_equal = [m for m in better if m != "equal" and compare_spreads(
+            _accuracy(groups[m]), _accuracy(groups["equal"])) == "higher"]
+        if beats_equal:
+            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal beyond the spreads: choosing "
+                         "branches image by image adds accuracy beyond averaging them.")
+        elif "equal" in better:
+            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
+                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
+                         "from using every branch, not from choosing between them image by image.")
+    if not better and not worse:
+        lines.append(f"- so: no difference in accuracy at this size; every mixing ties with {reference}.")
+    return "\n".join(lines)

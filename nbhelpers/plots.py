@@ -226,7 +226,7 @@ def learning_rate_schedules(schedules: dict[str, Sequence[float]], steps_per_epo
 
 
 # --------------------------------------------------------------------------
-# Optimizers side by side (notebooks 03 and 05; helper functions in nbhelpers.compare)
+# Optimizers side by side (notebooks 03 and 05; helper functions in nbhelpers.ranger_parts and nbhelpers.compare)
 # --------------------------------------------------------------------------
 
 def rectification(steps: Sequence[int], rho: Sequence[float], r: Sequence[float], threshold: float,
@@ -255,7 +255,7 @@ def rectification(steps: Sequence[int], rho: Sequence[float], r: Sequence[float]
 def lookahead_paths(lookahead, plain, loss_fn, k: int, alpha: float) -> Figure:
     """Ranger's weights on a 2-D toy loss with Lookahead (`lookahead`) and without (`plain`).
 
-    Both are nbhelpers.compare.Path2D. Left: the paths over the loss's contours, the slow
+    Both are nbhelpers.ranger_parts.Path2D. Left: the paths over the loss's contours, the slow
     weights as red dots; right: the loss of the weights after each step.
     """
     fig, (ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.1, 1]})
@@ -405,7 +405,7 @@ def setting_accuracies(settings: Sequence) -> Figure:
 
 
 def gradient_centralization(effects: Sequence) -> Figure:
-    """What gradient centralization does to real gradients: a row per nbhelpers.compare.Centralization.
+    """What gradient centralization does to real gradients: a row per nbhelpers.ranger_parts.Centralization.
 
     Left: the mean of each output channel's gradient, before and after GC. Right:
     the share of each channel's gradient (its squared norm) that GC removes.

@@ -10,15 +10,17 @@ from nbhelpers.branches import (AblationRow, BranchRecordError, ablation, ablati
                                 branch_use_table, compare_branch_use,
                                 describe_ablation, describe_branch_use,
                                 describe_class_differences,
-                                describe_mixing_study, effective_branches, extreme_image_rows,
+                                effective_branches, extreme_image_rows,
                                 fixed_weights, format_ablation, initial_model, mean_weight_per_class,
-                                mixing_table, most_extreme_images, moved_share,
-                                read_mixing_runs, shares_of, standard_error_per_class, weight_shares,
+                                most_extreme_images, moved_share,
+                                shares_of, standard_error_per_class, weight_shares,
                                 without_branch)
 from nbhelpers.evaluation import DifferenceWithInterval, collect_branch_weights, mixing_overridden
+from nbhelpers.compare import describe_mixing_study, mixing_groups, mixing_table
 from nbhelpers.config import make_config
 from nbhelpers.data import Split, normalize
 from nbhelpers import evaluation, train
+from nbhelpers.runs.load import load_runs
 
 SMALL = dict(num_blocks=3, input_channels=3, backbone_out_channels=16, num_conv_layer=3,
              hidden_size=32, num_classes=10)
@@ -305,6 +307,11 @@ def _mixing_run_folder(root, mixing, seed, final_acc, shares_end):
     return folder
 
 
+def _mixing_groups(folders):
+    """Notebook 06's groups: the run folders read back, grouped by mixing."""
+    return mixing_groups(load_runs(folders))
+
+
 def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(tmp_path):
     folders = [_mixing_run_folder(tmp_path, "seed", s, acc, [0.9, 0.05, 0.05])
                for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
@@ -312,7 +319,7 @@ def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(
                 for s, acc in ((1, 31.0), (2, 33.0), (3, 35.0))]
     folders += [_mixing_run_folder(tmp_path, "equal", s, acc, [1 / 3] * 3)
                 for s, acc in ((1, 40.0), (2, 41.0), (3, 42.0))]
-    groups = read_mixing_runs(list(reversed(folders)))
+    groups = _mixing_groups(list(reversed(folders)))
     assert list(groups) == ["seed", "softmax", "equal"]  # MIXINGS' order, whatever the folders' order
     assert [run.rand_seed for run in groups["seed"]] == [1, 2, 3]
     assert groups["equal"][0].parameters < groups["seed"][0].parameters  # no linear layers
@@ -333,19 +340,19 @@ def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(
     # A per-image mixing that beats equal beyond the spreads says so instead.
     folders += [_mixing_run_folder(tmp_path, "sigmoid", s, acc, [0.5, 0.3, 0.2])
                 for s, acc in ((1, 50.0), (2, 51.0), (3, 52.0))]
-    assert describe_mixing_study(read_mixing_runs(folders)).endswith(
+    assert describe_mixing_study(_mixing_groups(folders)).endswith(
         "- so: sigmoid beat(s) equal beyond the spreads: choosing branches image by image adds accuracy "
         "beyond averaging them.")
     # One seed each: no spread, so no verdict.
-    single = read_mixing_runs([folders[0], folders[3]])  # seed and softmax, one seed each
+    single = _mixing_groups([folders[0], folders[3]])  # seed and softmax, one seed each
     assert "with a single seed for some mixing there is no spread" in describe_mixing_study(single)
-    assert "Nothing to compare" in describe_mixing_study(read_mixing_runs(folders[3:6]))
+    assert "Nothing to compare" in describe_mixing_study(_mixing_groups(folders[3:6]))
 
 
 def test_the_mixing_study_says_no_difference_when_every_mixing_ties(tmp_path):
     folders = [_mixing_run_folder(tmp_path, mixing, s, acc, [0.6, 0.3, 0.1])
                for mixing in ("seed", "sigmoid") for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
-    note = describe_mixing_study(read_mixing_runs(folders))
+    note = describe_mixing_study(_mixing_groups(folders))
     assert "- accuracy against seed: sigmoid tied with seed" in note
     assert "- branches in use: no mixing uses more branches than seed in every block" in note
     assert note.endswith("- so: no difference in accuracy at this size; every mixing ties with seed.")

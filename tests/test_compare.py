@@ -1,4 +1,4 @@
-"""Runs side by side (labels, table, paired differences) and Lookahead on a 2-D valley."""
+"""Runs side by side (labels, table, differences between settings), and Ranger's parts made concrete."""
 import json
 import math
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from nbhelpers import compare as C
+from nbhelpers import ranger_parts as RP
+from nbhelpers.runs.load import load_runs
 from nbhelpers.config import make_config
 from nbhelpers.runs.folder import HISTORY, STEPS, write_table
 
@@ -38,7 +40,7 @@ def _seeded_runs(tmp_path, finals: dict[tuple[str, str], list[float]]):
 
 
 def test_runs_are_labelled_by_what_differs_and_nothing_else(four_runs):
-    runs = C.load_runs(four_runs)
+    runs = load_runs(four_runs)
     assert [run.label for run in runs] == ["ranger, batch", "ranger, epoch", "sgd, batch", "sgd, epoch"]
     assert list(runs[0].varying) == ["optimizer", "scheduler_step"]  # not run_dir, not data_dir
     assert runs[0].final_acc == 60.0 and runs[2].seconds_per_epoch == 1.0 and runs[0].finished
@@ -47,7 +49,7 @@ def test_runs_are_labelled_by_what_differs_and_nothing_else(four_runs):
 
 def test_runs_that_differ_only_in_their_seed_are_one_setting_with_a_spread(tmp_path):
     folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0]})
-    runs = C.load_runs(folders)
+    runs = load_runs(folders)
     assert {run.label for run in runs} == {"all runs"} and runs[0].varying == {}  # rand_seed is no label
     [setting] = C.group_settings(runs)
     assert [run.seed for run in setting.runs] == [1002, 1003, 1004]
@@ -58,7 +60,7 @@ def test_settings_group_the_seeds_of_each_setting_and_the_table_gives_mean_and_s
     folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0],
                                       ("ranger", "epoch"): [50.0, 51.0, 52.0],
                                       ("sgd", "batch"): [55.0]})
-    settings = C.group_settings(C.load_runs(list(reversed(folders))))
+    settings = C.group_settings(load_runs(list(reversed(folders))))
     assert [s.label for s in settings] == ["sgd, batch", "ranger, epoch", "ranger, batch"]
     assert [len(s.runs) for s in settings] == [1, 3, 3] and math.isnan(settings[0].spread)
     table = C.markdown_table(settings).splitlines()
@@ -72,8 +74,8 @@ def test_a_difference_is_real_only_where_it_exceeds_the_sum_of_the_two_spreads(t
                                       ("ranger", "epoch"): [50.0, 51.0, 52.0],   # 51 +- 1
                                       ("sgd", "batch"): [57.0, 59.0, 61.0],      # 59 +- 2: 3 below, a tie
                                       ("sgd", "epoch"): [58.0]})                 # one seed
-    settings = C.group_settings(C.load_runs(folders))
-    by_step = {d.first.label: d for d in C.paired_differences(settings, "scheduler_step", "batch", "epoch")}
+    settings = C.group_settings(load_runs(folders))
+    by_step = {d.first.label: d for d in C.differences_between(settings, "scheduler_step", "batch", "epoch")}
     assert set(by_step) == {"ranger, batch", "sgd, batch"}
     assert by_step["ranger, batch"].value == 11.0 and by_step["ranger, batch"].spread == 3.0
     assert by_step["ranger, batch"].verdict == "real"
@@ -90,9 +92,9 @@ def test_a_difference_is_real_only_where_it_exceeds_the_sum_of_the_two_spreads(t
 def test_an_unfinished_run_says_so_and_a_folder_without_a_run_is_refused(tmp_path):
     folder = _fake_run(tmp_path / "a", 40.0, epochs=2)
     (folder / "config.json").write_text(json.dumps({"config": make_config(num_epochs=60).to_dict()}))
-    assert "| 2 of 60 |" in C.markdown_table(C.group_settings(C.load_runs([folder])))
+    assert "| 2 of 60 |" in C.markdown_table(C.group_settings(load_runs([folder])))
     with pytest.raises(FileNotFoundError, match="not a run folder"):
-        C.load_runs([tmp_path / "nothing"])
+        load_runs([tmp_path / "nothing"])
 
 
 def test_steps_csv_is_read_and_roughness_measures_the_step_to_step_jitter(tmp_path):
@@ -101,7 +103,7 @@ def test_steps_csv_is_read_and_roughness_measures_the_step_to_step_jitter(tmp_pa
                                  for s in range(1, 21)])
     write_table(jagged / STEPS, [{"step": s, "epoch": 1, "train_loss": 2 - 0.01 * s + 0.1 * (-1) ** s,
                                   "lr": 0.1, "beta1": 0.9} for s in range(1, 21)])
-    smooth_run, jagged_run = C.load_runs([smooth, jagged])
+    smooth_run, jagged_run = load_runs([smooth, jagged])
     assert len(smooth_run.steps) == 20 and smooth_run.steps[0]["train_loss"] == pytest.approx(1.99)
     assert C.roughness(smooth_run) == pytest.approx(0, abs=1e-9)  # a straight line: no jitter
     assert C.roughness(jagged_run) == pytest.approx(0.2, rel=0.05)
@@ -115,10 +117,10 @@ def test_gradient_centralization_on_a_conv_layer_zeroes_each_filters_mean_and_le
     model(images)
     model.eval()
     running = model[1].running_mean.clone()
-    grad = C.gradient_of_one_batch(model, images, labels, "0.weight")
+    grad = RP.gradient_of_one_batch(model, images, labels, "0.weight")
     assert grad.shape == (4, 3, 3, 3) and model[0].weight.grad is None
     assert torch.equal(model[1].running_mean, running) and not model.training
-    effect = C.centralization_effect("0.weight", grad)
+    effect = RP.centralization_effect("0.weight", grad)
     assert torch.allclose(effect.mean_before, grad.flatten(1).mean(dim=1))
     assert effect.mean_after.abs().max() < 1e-6 <= effect.mean_before.abs().max()
     # the removed share is the mean's part of the squared norm: n * mean^2 / |g|^2
@@ -130,17 +132,17 @@ def test_the_peak_of_the_one_cycle_and_the_share_of_it_r_t_lets_through():
     from nbhelpers.ranger import rectification_term
     from nbhelpers.train import learning_rates
     lrs = learning_rates(make_config(num_epochs=60), 391)  # the seed's full run
-    peak = C.peak_of(lrs)
+    peak = RP.peak_of(lrs)
     assert peak.step == 7038 and peak.lr == pytest.approx(0.1)  # 30% of 23,460 steps
     assert peak.r_t == pytest.approx(rectification_term(7038, 0.999)) and 0.99 < peak.r_t < 1
-    effective = C.effective_learning_rates(lrs)
+    effective = RP.effective_learning_rates(lrs)
     assert all(math.isnan(v) for v in effective[:5]) and not math.isnan(effective[5])
     assert effective[peak.step - 1] == pytest.approx(peak.effective_lr)
 
 
 def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_without():
     k, alpha = 6, 0.5
-    path = C.ranger_path_2d(alpha=alpha, k=k, steps=60)
+    path = RP.ranger_path_2d(alpha=alpha, k=k, steps=60)
     assert len(path.slow) == 1 + 60 // k and len(path.fast) == 1 + 60 + 60 // k
     # after each sync the fast weights restart from the slow ones; just before, the slow ones
     # moved alpha of the way towards them
@@ -149,16 +151,16 @@ def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_with
         assert torch.allclose(after, path.slow[sync])
         assert torch.allclose(path.slow[sync], path.slow[sync - 1] + alpha * (before - path.slow[sync - 1]),
                               atol=1e-6)
-    plain = C.ranger_path_2d(alpha=1.0, k=k, steps=60)
+    plain = RP.ranger_path_2d(alpha=1.0, k=k, steps=60)
     syncs = [sync * (k + 1) for sync in range(1, len(plain.slow))]
     assert torch.allclose(plain.slow[1:], plain.fast[syncs])  # alpha = 1: slow = fast
     assert torch.allclose(plain.fast[[i - 1 for i in syncs]], plain.fast[syncs])  # nothing pulled back
     # what notebook 03 shows: over the late steps Lookahead's loss is lower and swings less
-    lookahead, without = C.ranger_path_2d(alpha=0.5), C.ranger_path_2d(alpha=1.0)
+    lookahead, without = RP.ranger_path_2d(alpha=0.5), RP.ranger_path_2d(alpha=1.0)
     late_with, late_without = lookahead.loss[-50:], without.loss[-50:]
     assert sum(late_with) < sum(late_without) and max(late_with) < max(late_without)
-    assert C.valley_loss(torch.zeros(2)) == 0 and math.isclose(
-        C.valley_loss(torch.tensor([1.0, -1.0])).item(), 0.05 * 8 * 2, rel_tol=1e-6)  # across only
+    assert RP.valley_loss(torch.zeros(2)) == 0 and math.isclose(
+        RP.valley_loss(torch.tensor([1.0, -1.0])).item(), 0.05 * 8 * 2, rel_tol=1e-6)  # across only
 
 
 def test_spreads_tie_when_mean_plus_minus_spread_overlap():

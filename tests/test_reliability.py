@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from nbhelpers.runs import folder as R
+from nbhelpers.runs import load as L
 from nbhelpers.jobs import sweep as S
 from nbhelpers import train as T
 from nbhelpers.config import ConfigError, build_model, check_evaluation_parameters, make_config
@@ -153,12 +154,12 @@ def test_6_evaluating_on_other_data_is_refused_naming_both(synthetic_data, synth
     entry = pickle.loads(batch.read_bytes())
     entry["labels"] = [(label + 1) % 10 for label in entry["labels"]]  # the same images, shifted labels
     batch.write_bytes(pickle.dumps(entry, protocol=2))
-    run = R.load_run(finished_run, device="cpu")
+    run = L.load_run(finished_run, device="cpu")
     with warnings.catch_warnings():  # loaded again where the cache let it go: the stand-in's warning
         warnings.simplefilter("ignore", UnofficialCopyWarning)
-        assert len(R.load_test_split(run, synthetic_root)) == 100
+        assert len(L.load_test_split(run, synthetic_root)) == 100
     with pytest.warns(UserWarning), pytest.raises(R.RunFolderError) as info:
-        R.load_test_split(run, other)
+        L.load_test_split(run, other)
     message = str(info.value)
     assert synthetic_data.fingerprint in message and "was trained on other data" in message
     assert "-p data_dir PATH" in message
@@ -168,7 +169,7 @@ def test_6_a_model_pt_of_another_run_is_refused_naming_both_hashes(synthetic_dat
     T.fit(data=synthetic_data, run_dir=tmp_path / "other", num_epochs=2, **dict(TINY, rand_seed=5))
     shutil.copy(tmp_path / "other" / R.WEIGHTS, finished_run / R.WEIGHTS)
     with pytest.raises(R.RunFolderError, match="is not the model this run wrote: its sha256 is"):
-        R.load_run(finished_run, device="cpu")
+        L.load_run(finished_run, device="cpu")
 
 
 # 7: a batches.meta with more class names than labels is tests/test_data.py's.
@@ -234,7 +235,7 @@ class _Payload:
 def test_a_damaged_run_folder_is_refused_in_one_message(finished_run, how, says):
     _damage(finished_run, how)
     with pytest.raises(R.RunFolderError, match=says) as info:
-        R.load_run(finished_run, device="cpu")
+        L.load_run(finished_run, device="cpu")
     assert "weights_only" not in str(info.value)
 
 
@@ -273,7 +274,7 @@ def test_a_relative_run_dir_means_the_same_folder_from_jupyterlab_and_from_paper
     run = T.fit(data=synthetic_data, run_dir="runs/x", num_epochs=1, **TINY)
     assert run.run_dir == project / "runs" / "x" and (project / "runs" / "x" / R.WEIGHTS).is_file()
     assert not (project / "notebooks" / "runs").exists()
-    assert R.load_run("runs/x", device="cpu").run_dir == project / "runs" / "x"
+    assert L.load_run("runs/x", device="cpu").run_dir == project / "runs" / "x"
 
 
 def test_a_run_dir_that_is_a_file_is_refused_for_resume_too(synthetic_data, tmp_path):

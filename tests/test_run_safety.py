@@ -16,7 +16,8 @@ from nbhelpers import train as T
 from nbhelpers.config import ConfigError
 from nbhelpers.data import write_synthetic_cifar10
 from nbhelpers.runs.lock import LOCK
-from nbhelpers.runs.folder import RunFolderError, ResumeError, latest_run_dir, load_run
+from nbhelpers.runs.folder import RunFolderError, ResumeError, latest_run_dir
+from nbhelpers.runs.load import load_run
 
 TINY = dict(backbone_out_channels=16, hidden_size=32, batch_size=32, train_subset=320,
             test_subset=100, progress="none", deterministic=True)

@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from nbhelpers import evaluation as E
 from nbhelpers.runs import folder as R
+from nbhelpers.runs import load as L
 from nbhelpers import train as T
 from nbhelpers.config import make_config
 
@@ -192,7 +193,7 @@ def test_evaluation_helpers():
 
 def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
     run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, train_subset=320, **SMALL)
-    loaded = R.load_run(tmp_path / "run", device="cpu")
+    loaded = L.load_run(tmp_path / "run", device="cpu")
     assert loaded.classes == synthetic_data.classes and len(loaded.history) == 1
     images = synthetic_data.test
     chosen = loaded.config.resolved(torch.device("cpu"))  # as fit evaluated: same precision and layout

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..compare import load_runs
 from ..config import SIZES, TrainConfig, make_config, pick_size, unknown_names
 from ..errors import ExplainedError
+from ..runs.load import load_runs
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
 from ..runs.folder import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
                    stopped_before_first_epoch)
