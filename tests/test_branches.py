@@ -20,6 +20,7 @@ from nbhelpers.compare import describe_mixing_study, mixing_groups, mixing_table
 from nbhelpers.config import make_config
 from nbhelpers.data import Split, normalize
 from nbhelpers import evaluation, train
+from nbhelpers.runs import training
 from nbhelpers.runs.load import load_runs
 
 SMALL = dict(num_blocks=3, input_channels=3, backbone_out_channels=16, num_conv_layer=3,
@@ -191,7 +192,7 @@ def test_initial_model_is_the_model_fit_starts_from(monkeypatch, synthetic_data,
     original_optimizer = train.build_optimizer
     monkeypatch.setattr(train, "build_optimizer", lambda model, cfg: snapshot.update(
         {k: v.clone() for k, v in model.state_dict().items()}) or original_optimizer(model, cfg))
-    train.fit(config, data=synthetic_data, device="cpu")
+    training.fit(config, data=synthetic_data, device="cpu")
     torch.manual_seed(123)  # whatever the notebook's state, the same initial weights
     initial = initial_model(config, len(synthetic_data.classes)).state_dict()
     assert snapshot and initial.keys() == snapshot.keys()

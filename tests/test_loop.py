@@ -5,6 +5,7 @@ import IPython.display
 import nbformat
 
 from nbhelpers import train as T
+from nbhelpers.runs import training
 from nbhelpers.jobs.series import NOTEBOOKS_DIR
 
 
@@ -33,9 +34,9 @@ def test_notebook_03_shows_the_source_of_the_epoch_loop_that_fit_calls(synthetic
         called.append(original)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_epoch", spy)
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, backbone_out_channels=8,
-                hidden_size=16, train_subset=200, test_subset=100, progress="none")
+    monkeypatch.setattr(training, "train_epoch", spy)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, backbone_out_channels=8,
+                       hidden_size=16, train_subset=200, test_subset=100, progress="none")
     assert len(called) == len(run.history) == 2  # fit trains every epoch through train_epoch
     assert shown == inspect.getsource(called[0])  # and that is the code 03 shows, to the character
     # the parts the notebook's prose names are in it

@@ -15,7 +15,7 @@ from nbhelpers.errors import ExplainedError
 from nbhelpers.notebook import one_line_warning
 from nbhelpers.runs.folder import RunFolderError
 from nbhelpers.runs.folder import ResumeError
-from nbhelpers.train import TrainingDiverged
+from nbhelpers.runs.training import TrainingDiverged
 
 
 def _execute(tmp_path, *sources: str):

@@ -125,3 +125,84 @@ def test_the_demo_ablates_on_part_of_the_real_test_set_but_never_asks_the_stand_
     stand_in = series_parameters("demo", Path("run"), Path("figures"), data_dir="runs/demo/synthetic-data")
     assert real["04_evaluate"]["ablation_images"] == 2000
     assert "ablation_images" not in stand_in["04_evaluate"]
+
+
+def _import_graph_module():
+    """tests/import_graph.py, the script that reports the package's imports."""
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "tests" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_imports_run_one_way_jobs_then_runs_then_the_core_without_circles():
+    graph_module = _import_graph_module()
+    graph = graph_module.import_graph()
+    assert "nbhelpers.runs.training" in graph and "nbhelpers.train" in graph["nbhelpers.runs.training"]
+    assert graph_module.circles(graph) == [], "modules that import each other (inside functions too)"
+    assert graph_module.upward_imports(graph) == [], "a module importing one of a layer above it"
+
+
+def test_the_import_check_sees_a_circle_closed_inside_a_function_and_an_upward_import(tmp_path):
+    graph_module = _import_graph_module()
+    package = tmp_path / "nbhelpers"
+    (package / "runs").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "runs" / "__init__.py").write_text("")
+    (package / "model.py").write_text("def build():\n    from .train import fit  # lazy, still a circle\n")
+    (package / "train.py").write_text("from .model import build\nfrom .runs.folder import CONFIG\n")
+    (package / "runs" / "folder.py").write_text("from ..model import build\nCONFIG = 1\n")
+    graph = graph_module.import_graph(package)
+    assert graph_module.circles(graph) == [["nbhelpers.model", "nbhelpers.train"]]
+    assert graph_module.upward_imports(graph) == [("nbhelpers.train", "nbhelpers.runs.folder")]
+
+
+def _module_trees():
+    graph_module = _import_graph_module()
+    return {name: ast.parse(path.read_text()) for name, path in graph_module.modules().items()}
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names |= {t.id for t in ast.walk(target) if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def test_every_module_says_what_it_is_for_and_lists_its_public_names():
+    for name, tree in _module_trees().items():
+        docstring = ast.get_docstring(tree) or ""
+        # what it is for, and who uses it: a notebook (by number or by name), the tests, a job
+        assert re.search(r"\b0[1-6]\b|notebook|tests|python -m|make ", docstring, re.I), \
+            f"{name}: its docstring should say what it is for and which notebooks use it"
+        if name in ("nbhelpers.runs", "nbhelpers.jobs"):
+            continue  # a sub-package's __init__ only describes its modules
+        assigned = [node for node in tree.body if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+        assert assigned, f"{name}: no __all__"
+        public = ast.literal_eval(assigned[0].value)
+        missing = set(public) - _defined_names(tree)
+        assert not missing, f"{name}: __all__ names {sorted(missing)}, which it does not define"
+        assert len(public) == len(set(public)), f"{name}: a name twice in __all__"
+
+
+def test_no_two_classes_of_the_package_share_a_name():
+    seen: dict[str, str] = {}
+    for name, tree in _module_trees().items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                assert node.name not in seen, f"class {node.name} in {seen[node.name]} and in {name}"
+                seen[node.name] = name
+
+
+def test_pyproject_installs_every_sub_package():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    on_disk = [".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "nbhelpers").rglob("__init__.py")]
+    assert sorted(packages) == sorted(on_disk)

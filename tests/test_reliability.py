@@ -23,6 +23,7 @@ from nbhelpers.runs import folder as R
 from nbhelpers.runs import load as L
 from nbhelpers.jobs import sweep as S
 from nbhelpers import train as T
+from nbhelpers.runs import training
 from nbhelpers.config import ConfigError, build_model, check_evaluation_parameters, make_config
 from nbhelpers.data import UnofficialCopyWarning
 from nbhelpers.errors import ExplainedError
@@ -52,7 +53,7 @@ def threads():
 
 @pytest.fixture
 def finished_run(synthetic_data, tmp_path) -> Path:
-    T.fit(data=synthetic_data, run_dir=tmp_path / "done", num_epochs=2, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "done", num_epochs=2, **TINY)
     return tmp_path / "done"
 
 
@@ -62,7 +63,7 @@ def finished_run(synthetic_data, tmp_path) -> Path:
 SLOW_RUN = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from nbhelpers.train import fit
+from nbhelpers.runs.training import fit
 fit(data_dir=sys.argv[1], run_dir=sys.argv[2], num_epochs=50, resume=sys.argv[3] == "resume",
     backbone_out_channels=16, hidden_size=32, batch_size=8, train_subset=400, test_subset=100,
     progress="none", deterministic=True)
@@ -88,15 +89,15 @@ def test_2_a_second_run_or_resume_in_a_folder_in_use_is_refused(synthetic_root, 
         _wait_for(run_dir / R.CHECKPOINT, process)
         for resume in (False, True):
             with pytest.raises(FolderInUse, match=rf"{run_dir} is in use: host .*, pid {process.pid}, since"):
-                T.fit(data=synthetic_data, run_dir=run_dir, num_epochs=50, resume=resume,
-                      **dict(TINY, batch_size=8, train_subset=400))
+                training.fit(data=synthetic_data, run_dir=run_dir, num_epochs=50, resume=resume,
+                             **dict(TINY, batch_size=8, train_subset=400))
         assert process.poll() is None, "the run in the folder must go on undisturbed"
     finally:
         process.kill()
         process.wait()
     # The kernel dropped the killed process's lock: the run resumes now.
-    T.fit(data=synthetic_data, run_dir=run_dir, num_epochs=50, stop_after=2, resume=True,
-          **dict(TINY, batch_size=8, train_subset=400))
+    training.fit(data=synthetic_data, run_dir=run_dir, num_epochs=50, stop_after=2, resume=True,
+                 **dict(TINY, batch_size=8, train_subset=400))
 
 
 def test_2_every_process_writes_its_own_temporary_file(tmp_path, monkeypatch):
@@ -118,10 +119,10 @@ def test_3_a_sweep_run_name_must_be_one_safe_folder_name(tmp_path, name):
 # 4, and issue 20: a resume elsewhere keeps what the run resolved when it began -
 def test_4_a_resume_on_another_cpu_keeps_the_runs_precision(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr("nbhelpers.config.cpu_has_fast_bf16", lambda: True)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **TINY)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "moved", num_epochs=2, stop_after=1, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "moved", num_epochs=2, stop_after=1, **TINY)
     monkeypatch.setattr("nbhelpers.config.cpu_has_fast_bf16", lambda: False)  # "another CPU"
-    T.fit(data=synthetic_data, run_dir=tmp_path / "moved", num_epochs=2, resume=True, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "moved", num_epochs=2, resume=True, **TINY)
     assert _rows(tmp_path / "moved") == _rows(tmp_path / "straight")
     info = json.loads((tmp_path / "moved" / R.CONFIG).read_text())
     assert info["resolved"]["precision"] == "bf16"
@@ -129,10 +130,10 @@ def test_4_a_resume_on_another_cpu_keeps_the_runs_precision(synthetic_data, tmp_
 
 def test_20_a_resume_on_another_thread_count_keeps_the_runs(synthetic_data, tmp_path, threads):
     threads(1)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **TINY)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "requeued", num_epochs=2, stop_after=1, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "requeued", num_epochs=2, stop_after=1, **TINY)
     threads(2)  # the requeued task got two CPUs
-    T.fit(data=synthetic_data, run_dir=tmp_path / "requeued", num_epochs=2, resume=True, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "requeued", num_epochs=2, resume=True, **TINY)
     assert _rows(tmp_path / "requeued") == _rows(tmp_path / "straight")
     info = json.loads((tmp_path / "requeued" / R.CONFIG).read_text())
     assert info["threads"] == info["resolved"]["threads"] == 1
@@ -142,7 +143,7 @@ def test_20_a_resume_on_another_thread_count_keeps_the_runs(synthetic_data, tmp_
 def test_5_resuming_a_finished_run_writes_nothing(synthetic_data, finished_run):
     before = _files(finished_run)
     with pytest.raises(R.RunFolderError, match="is already finished: all 2 epochs are trained"):
-        T.fit(data=synthetic_data, run_dir=finished_run, num_epochs=2, resume=True, **TINY)
+        training.fit(data=synthetic_data, run_dir=finished_run, num_epochs=2, resume=True, **TINY)
     assert _files(finished_run) == before
 
 
@@ -166,7 +167,7 @@ def test_6_evaluating_on_other_data_is_refused_naming_both(synthetic_data, synth
 
 
 def test_6_a_model_pt_of_another_run_is_refused_naming_both_hashes(synthetic_data, finished_run, tmp_path):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "other", num_epochs=2, **dict(TINY, rand_seed=5))
+    training.fit(data=synthetic_data, run_dir=tmp_path / "other", num_epochs=2, **dict(TINY, rand_seed=5))
     shutil.copy(tmp_path / "other" / R.WEIGHTS, finished_run / R.WEIGHTS)
     with pytest.raises(R.RunFolderError, match="is not the model this run wrote: its sha256 is"):
         L.load_run(finished_run, device="cpu")
@@ -271,7 +272,7 @@ def test_a_relative_run_dir_means_the_same_folder_from_jupyterlab_and_from_paper
     monkeypatch.setattr("nbhelpers.runtime.PROJECT_ROOT", project)
     (project / "notebooks").mkdir(parents=True)
     monkeypatch.chdir(project / "notebooks")
-    run = T.fit(data=synthetic_data, run_dir="runs/x", num_epochs=1, **TINY)
+    run = training.fit(data=synthetic_data, run_dir="runs/x", num_epochs=1, **TINY)
     assert run.run_dir == project / "runs" / "x" and (project / "runs" / "x" / R.WEIGHTS).is_file()
     assert not (project / "notebooks" / "runs").exists()
     assert L.load_run("runs/x", device="cpu").run_dir == project / "runs" / "x"
@@ -280,13 +281,13 @@ def test_a_relative_run_dir_means_the_same_folder_from_jupyterlab_and_from_paper
 def test_a_run_dir_that_is_a_file_is_refused_for_resume_too(synthetic_data, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(R.RunFolderError, match="is a file, not a folder"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "file", num_epochs=1, resume=True, **TINY)
+        training.fit(data=synthetic_data, run_dir=tmp_path / "file", num_epochs=1, resume=True, **TINY)
 
 
 def test_a_run_dir_name_too_long_stops_before_anything_is_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "load_cifar10", lambda *a, **k: pytest.fail("the data was loaded first"))
+    monkeypatch.setattr(training, "load_cifar10", lambda *a, **k: pytest.fail("the data was loaded first"))
     with pytest.raises(ConfigError, match="is too long"):
-        T.fit(run_dir=tmp_path / ("x" * 300), num_epochs=1, **TINY)
+        training.fit(run_dir=tmp_path / ("x" * 300), num_epochs=1, **TINY)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -307,7 +308,7 @@ def test_a_run_dir_that_cannot_be_created_says_so_in_one_line(synthetic_data, tm
         raise PermissionError(errno.EACCES, "Permission denied")
     monkeypatch.setattr(Path, "mkdir", refuse)
     with pytest.raises(FolderNotWritable, match=r"cannot be created or written \(Permission denied\)"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "new", num_epochs=1, **TINY)
+        training.fit(data=synthetic_data, run_dir=tmp_path / "new", num_epochs=1, **TINY)
 
 
 def test_asking_for_a_device_that_is_not_there_says_so(monkeypatch):
@@ -322,8 +323,8 @@ def test_asking_for_a_device_that_is_not_there_says_so(monkeypatch):
 
 def test_a_model_too_large_for_the_machine_is_refused_before_allocating(synthetic_data, tmp_path):
     with pytest.raises(ConfigError, match=r"need at least .* GiB to train"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "huge", num_epochs=1,
-              **dict(TINY, backbone_out_channels=10**9))
+        training.fit(data=synthetic_data, run_dir=tmp_path / "huge", num_epochs=1,
+                     **dict(TINY, backbone_out_channels=10**9))
     assert not (tmp_path / "huge").exists()
 
 
@@ -360,7 +361,7 @@ def test_a_bad_sweep_json_is_one_line(tmp_path, content, says):
 def _finished_entry(entry: S.Entry, synthetic_data) -> None:
     """An entry that looks finished: a real run in its folder, and a notebook papermill completed."""
     settings = {k: v for k, v in entry.parameters.items() if k in T.TrainConfig.__dataclass_fields__}
-    T.fit(data=synthetic_data, **dict(settings, run_dir=entry.run_dir, progress="none"))
+    training.fit(data=synthetic_data, **dict(settings, run_dir=entry.run_dir, progress="none"))
     entry.notebook.write_text(json.dumps({"metadata": {"papermill": {"end_time": "now", "exception": None}}}))
 
 
@@ -378,8 +379,8 @@ def test_one_damaged_entry_fails_alone_and_the_rest_of_the_sweep_goes_on(synthet
 
 
 def test_resume_without_a_run_dir_continues_the_latest_unfinished_run(synthetic_data, tmp_path):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "interrupted", num_epochs=2, stop_after=1, **TINY)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "finished", num_epochs=1, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "interrupted", num_epochs=2, stop_after=1, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "finished", num_epochs=1, **TINY)
     assert R.run_to_resume(tmp_path) == tmp_path / "interrupted"
     (tmp_path / "interrupted" / R.WEIGHTS).write_bytes(b"")
     with pytest.raises(R.ResumeError, match="every run there is finished"):
@@ -387,16 +388,16 @@ def test_resume_without_a_run_dir_continues_the_latest_unfinished_run(synthetic_
 
 
 def test_a_checkpoint_with_another_optimizers_state_is_refused_before_any_write(synthetic_data, tmp_path):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "ranger", num_epochs=2, stop_after=1, **TINY)
-    T.fit(data=synthetic_data, run_dir=tmp_path / "sgd", num_epochs=2, stop_after=1,
-          **dict(TINY, optimizer="sgd"))
+    training.fit(data=synthetic_data, run_dir=tmp_path / "ranger", num_epochs=2, stop_after=1, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "sgd", num_epochs=2, stop_after=1,
+                 **dict(TINY, optimizer="sgd"))
     checkpoint = torch.load(tmp_path / "ranger" / R.CHECKPOINT, weights_only=True)
     checkpoint["optimizer"] = torch.load(tmp_path / "sgd" / R.CHECKPOINT, weights_only=True)["optimizer"]
     torch.save(checkpoint, tmp_path / "ranger" / R.CHECKPOINT)
     (tmp_path / "ranger" / R.HISTORY).unlink()
     before = _files(tmp_path / "ranger")
     with pytest.raises(R.ResumeError, match="does not fit this model and optimizer.*momentum_buffer"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "ranger", num_epochs=2, resume=True, **TINY)
+        training.fit(data=synthetic_data, run_dir=tmp_path / "ranger", num_epochs=2, resume=True, **TINY)
     assert _files(tmp_path / "ranger") == before
 
 

@@ -15,6 +15,7 @@ from nbhelpers import evaluation as E
 from nbhelpers.runs import folder as R
 from nbhelpers.runs import load as L
 from nbhelpers import train as T
+from nbhelpers.runs import training
 from nbhelpers.config import make_config
 
 # A small width and batch: seconds per epoch on a CPU.
@@ -28,7 +29,7 @@ def _rows(run_dir, drop=("seconds",)):
 
 
 def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthetic_data, tmp_path):
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["test_acc"] > 40  # chance is 10%
     folder = tmp_path / "run"
@@ -50,10 +51,10 @@ def test_a_two_epoch_run_learns_and_fills_its_run_folder(synthetic_root, synthet
 
 
 def test_two_epochs_straight_equal_one_epoch_then_resume(synthetic_data, tmp_path):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **SMALL)
-    first = T.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, stop_after=1, **SMALL)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **SMALL)
+    first = training.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, stop_after=1, **SMALL)
     assert len(first.history) == 1 and not (tmp_path / "resumed" / "model.pt").exists()
-    T.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, resume=True, **SMALL)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, resume=True, **SMALL)
     assert _rows(tmp_path / "straight") == _rows(tmp_path / "resumed")
     for table in (R.STEPS, R.BRANCH_WEIGHTS):
         assert (tmp_path / "straight" / table).read_text() == (tmp_path / "resumed" / table).read_text()
@@ -64,22 +65,22 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(synthetic_data, tmp_pat
 
 def test_the_same_seed_twice_gives_identical_history(synthetic_data, tmp_path):
     for name in ("a", "b"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / name, num_epochs=1, **SMALL)
+        training.fit(data=synthetic_data, run_dir=tmp_path / name, num_epochs=1, **SMALL)
     assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
-    T.fit(data=synthetic_data, run_dir=tmp_path / "c", num_epochs=1, **dict(SMALL, rand_seed=7))
+    training.fit(data=synthetic_data, run_dir=tmp_path / "c", num_epochs=1, **dict(SMALL, rand_seed=7))
     assert _rows(tmp_path / "a") != _rows(tmp_path / "c")
 
 
 def test_validation_split_is_measured(synthetic_data, tmp_path):
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, val_size=200,
-                train_subset=1000, **SMALL)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, val_size=200,
+                       train_subset=1000, **SMALL)
     assert {"val_loss", "val_acc"} <= set(run.history[0])
 
 
 KILLED_RUN = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from nbhelpers.train import fit
+from nbhelpers.runs.training import fit
 fit(data_dir=sys.argv[1], run_dir=sys.argv[2], num_epochs=3, resume=sys.argv[3] == "resume",
     backbone_out_channels=16, hidden_size=32, batch_size=8, progress="none", deterministic=True)
 """
@@ -105,22 +106,22 @@ def test_a_run_killed_mid_epoch_leaves_a_checkpoint_that_resumes(synthetic_root,
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_clearly(synthetic_data, tmp_path):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **SMALL)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **SMALL)
     with pytest.raises(R.ResumeError, match="backbone_out_channels: checkpoint 16, now 32"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True,
-              **dict(SMALL, backbone_out_channels=32))
+        training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True,
+                     **dict(SMALL, backbone_out_channels=32))
     with pytest.raises(R.RunFolderError, match="already holds files"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+        training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
     with pytest.raises(R.ResumeError, match="holds no run to continue"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "empty", num_epochs=2, resume=True, **SMALL)
+        training.fit(data=synthetic_data, run_dir=tmp_path / "empty", num_epochs=2, resume=True, **SMALL)
 
 
 def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
         synthetic_data, tmp_path, after_step):
     # epoch 2 has 63 steps of 32 images; poison the weights after its 5th
     after_step(63 + 5, lambda optimizer: optimizer.param_groups[0]["params"][0].data.fill_(float("nan")))
-    with pytest.raises(T.TrainingDiverged, match=r"Epoch 2 was not finite: NaN or infinity in the training loss \(first at step 6\)"):
-        T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **SMALL)
+    with pytest.raises(training.TrainingDiverged, match=r"Epoch 2 was not finite: NaN or infinity in the training loss \(first at step 6\)"):
+        training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=3, **SMALL)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
@@ -128,8 +129,8 @@ def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_steps_csv_records_every_few_steps_with_the_lr_and_beta1_they_used(synthetic_data, tmp_path):
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=1000,
-                **dict(SMALL, batch_size=8))  # 125 steps per epoch
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=1000,
+                       **dict(SMALL, batch_size=8))  # 125 steps per epoch
     rows = R.read_table(tmp_path / "run" / R.STEPS)
     assert [row["step"] for row in rows[:3]] == [2, 4, 6] and rows[-1]["step"] == 250
     assert all(sum(row["epoch"] == e for row in rows) >= 50 for e in (1, 2))
@@ -144,7 +145,7 @@ def test_steps_csv_records_every_few_steps_with_the_lr_and_beta1_they_used(synth
 def test_branch_weights_csv_holds_every_blocks_mean_weights_from_the_untrained_start(
         synthetic_data, tmp_path):
     from nbhelpers import branches
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, **SMALL)
     rows = R.read_table(tmp_path / "run" / R.BRANCH_WEIGHTS)
     assert [(r["epoch"], r["block"], r["branch"]) for r in rows] == \
         [(e, b, j) for e in (0, 1, 2) for b in range(3) for j in range(3)]
@@ -157,7 +158,7 @@ def test_branch_weights_csv_holds_every_blocks_mean_weights_from_the_untrained_s
 
 
 def test_per_batch_learning_rates_follow_one_cycle(synthetic_data, tmp_path):
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=640, **SMALL)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=640, **SMALL)
     steps = 2 * 20
     reference_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
     reference = OneCycleLR(reference_optimizer, max_lr=0.1, total_steps=steps, anneal_strategy="linear")
@@ -192,7 +193,7 @@ def test_evaluation_helpers():
 
 
 def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
-    run = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, train_subset=320, **SMALL)
+    run = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=1, train_subset=320, **SMALL)
     loaded = L.load_run(tmp_path / "run", device="cpu")
     assert loaded.classes == synthetic_data.classes and len(loaded.history) == 1
     images = synthetic_data.test
@@ -205,8 +206,8 @@ def test_load_run_gives_the_final_model(synthetic_data, tmp_path):
 
 
 def test_progress_log_mode_prints_one_line_per_epoch(synthetic_data, tmp_path, capsys):
-    T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=320,
-          **dict(SMALL, progress="log"))
+    training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, train_subset=320,
+                 **dict(SMALL, progress="log"))
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 3 and err == ""
@@ -270,11 +271,11 @@ def test_the_gpu_code_paths_train_checkpoint_and_resume_on_a_cpu(synthetic_data,
     """
     gpu_like = dict(SMALL, compile=True, channels_last=True, precision="bf16", train_subset=320,
                     deterministic=False)
-    first = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **gpu_like)
+    first = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, stop_after=1, **gpu_like)
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert info["resolved"] == {"precision": "bf16", "compile": True, "channels_last": True,
                                 "threads": torch.get_num_threads()}
-    resumed = T.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True, **gpu_like)
+    resumed = training.fit(data=synthetic_data, run_dir=tmp_path / "run", num_epochs=2, resume=True, **gpu_like)
     assert [row["epoch"] for row in resumed.history] == [1, 2] and resumed.finished
     assert len(first.step_lrs) == len(resumed.step_lrs) == 10  # the schedule went on where it stopped
     assert resumed.step_lrs[0] == pytest.approx(T.learning_rates(resumed.config, 10)[10])
