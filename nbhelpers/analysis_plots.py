@@ -15,6 +15,12 @@ from matplotlib.figure import Figure
 
 from .plots import BRANCH_COLORS, CORRECT, MISTAKE, as_hwc, image_grid
 
+__all__ = ["WEIGHT_LABEL", "confusion_matrix", "per_class_accuracy", "prediction_grid",
+           "branch_weights", "branch_weight_distributions", "class_branch_heatmaps",
+           "weight_extremes", "ablation_differences", "reliability_diagram",
+           "branch_weights_by_epoch", "MIXING_COLORS", "SEED_STYLES", "mixing_accuracy",
+           "mixing_effective_branches", "mixing_weights_by_epoch"]
+
 WEIGHT_LABEL = "branch weight a (a factor, no unit)"
 
 

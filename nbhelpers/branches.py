@@ -1,5 +1,9 @@
 """What the branch mixing learns: the per-image weights of every block, and an ablation.
 
+Notebook 04 reads a trained model's mixing with it (and 02 an untrained
+one's); 06 asks `score_gradients` why the seed's branches stay as they start,
+and nbhelpers.compare reads each run's branch_weights.csv through `branch_history`.
+
 Each block of the model mixes its conv branches with weights a, one per image
 and branch, computed from the spatial mean of the block's input (the seed's
 a = LeakyReLU(Linear(mean)); nbhelpers.model.MIXINGS lists the others). This
@@ -37,6 +41,14 @@ from .data import CifarLoader, Split
 from .errors import ExplainedError
 from .evaluation import DifferenceWithInterval, infer, mixing_overridden, paired_bootstrap_difference
 from .model import MixingOverride, Model
+
+__all__ = ["fixed_weights", "without_branch", "mean_weight_per_class", "standard_error_per_class",
+           "describe_class_differences", "most_extreme_images", "extreme_image_rows",
+           "initial_model", "weight_shares", "shares_of", "effective_branches", "moved_share",
+           "leading_branch", "describe_branch_use", "compare_branch_use", "BranchRecordError",
+           "BranchHistory", "branch_history", "score_gradients", "describe_score_gradients",
+           "AblationRow", "ablation_changes", "ablation", "verdict", "format_ablation",
+           "branch_use_rows", "branch_use_table", "describe_ablation", "costliest_removal"]
 
 
 def fixed_weights(weights: torch.Tensor) -> MixingOverride:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from .branches import BranchHistory, branch_history, leading_branch
-from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config
+from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config, reached_the_last_epoch
 from .model import MIXINGS, count_flops, count_parameters
 
 __all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Spread", "compare_spreads", "Setting",
@@ -66,7 +66,8 @@ class RunSummary:
 
     @property
     def finished(self) -> bool:
-        return len(self.history) == self.config["num_epochs"]
+        """Every planned epoch trained (the one rule: nbhelpers.config.reached_the_last_epoch)."""
+        return reached_the_last_epoch(self.history, self.config["num_epochs"])
 
 
 # Parameters that say where or how a run was made, not what it computed, are never a

@@ -43,7 +43,8 @@ from .runtime import cpu_has_fast_bf16
 
 __all__ = ["AUTO", "OPTIMIZERS", "SIZED", "SIZES", "WHAT", "NOT_CHANGING_THE_NUMBERS", "ConfigError",
            "TrainConfig", "make_config", "check_value", "check_evaluation_parameters",
-           "check_injected_parameters", "unknown_names", "pick_size", "chosen_size_line", "build_model"]
+           "check_injected_parameters", "unknown_names", "pick_size", "chosen_size_line", "build_model",
+           "reached_the_last_epoch", "PAPERMILL_HEADER"]
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
@@ -303,6 +304,16 @@ def build_model(config: TrainConfig, num_classes: int = 10) -> Model:
     """The untrained model `config` describes (its sizes, branches and mixing)."""
     return Model(config.num_blocks, 3, config.backbone_out_channels, config.num_conv_layer,
                  config.hidden_size, num_classes, config.mixing)
+
+def reached_the_last_epoch(history: list[dict[str, float]], num_epochs: int) -> bool:
+    """Has a run trained every epoch it planned? Its history (a row per epoch) reaches the last one.
+
+    What "finished" means for a run in memory, whether fit returned it or it
+    was read back (`Run.finished` and `RunSummary.finished` both ask this). A run
+    folder is finished once it holds its final weights (nbhelpers.runs.folder.is_finished).
+    """
+    return bool(history) and int(history[-1]["epoch"]) == num_epochs
+
 
 # --------------------------------------------------------------------------
 # Parameters papermill injected into a notebook

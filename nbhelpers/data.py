@@ -1,5 +1,8 @@
 """CIFAR-10: find it, fetch it, load it once, serve augmented batches.
 
+Every notebook loads its data here: 01 shows it (the classes, the splits, the
+augmentation), 02-04 and 06 take images from it, and `fit` trains on it.
+
 The way data flows (DESIGN.md): the python-batch files on disk become uint8
 tensors on the training device once; every batch is then cut, flipped and
 normalized there, with no per-image PIL work in the training loop.
@@ -31,6 +34,13 @@ from torchvision.datasets.utils import calculate_md5, download_url
 from .config import ConfigError
 from .errors import ExplainedError
 from .runtime import DATA_DIR, project_path
+
+__all__ = ["FOLDER", "META_FILE", "MEAN", "STD", "CLASS_NAMES", "SYNTHETIC_CLASS_NAMES",
+           "CIFAR10DataError", "UnofficialCopyWarning", "resolve_data_root", "find_cifar10",
+           "fetch_cifar10", "is_synthetic", "describe_data_dir", "CIFAR10Data", "load_cifar10", "Split",
+           "Splits", "balanced_indices", "split_validation", "prepare_splits", "pad_images",
+           "draw_crops", "crop_and_flip", "random_crop_flip", "normalize", "denormalize", "CifarLoader",
+           "synthetic_images", "write_synthetic_cifar10"]
 
 FOLDER = _TorchvisionCIFAR10.base_folder  # "cifar-10-batches-py"
 TRAIN_FILES = [name for name, _ in _TorchvisionCIFAR10.train_list]

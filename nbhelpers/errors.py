@@ -6,6 +6,8 @@ of a traceback (nbhelpers.notebook); anything else is a bug and keeps its
 traceback.
 """
 
+__all__ = ["ExplainedError"]
+
 
 class ExplainedError(Exception):
     """An error whose message says what was wrong and what to do about it."""

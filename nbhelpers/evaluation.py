@@ -1,5 +1,9 @@
 """Evaluation: logits for a whole split, and the numbers and tables made from them.
 
+Notebook 04 is built on it; `fit` evaluates every epoch with `evaluate` and
+records the branch weights with `collect_branch_weights`, which 02 and 04
+also show.
+
 `infer` returns logits and `evaluate` the loss and accuracy, so that notebook
 04 computes the logits once and reuses them for every table and figure: per
 class, confused pairs, calibration (how sure against how often right), and a
@@ -17,6 +21,12 @@ import torch.nn.functional as F
 
 from .data import CifarLoader, Split
 from .model import MixingOverride, Model
+
+__all__ = ["EVAL_BATCH_SIZE", "autocast", "infer", "evaluate", "accuracy", "confusion_matrix",
+           "per_class_accuracy", "most_confident_mistakes", "Calibration", "calibration",
+           "mean_with_interval", "format_calibration", "BOOTSTRAP_RESAMPLES",
+           "DifferenceWithInterval", "paired_bootstrap_difference", "mixing_overridden",
+           "collect_branch_weights"]
 
 EVAL_BATCH_SIZE = 1000  # evaluation needs no gradients: large batches, few launches
 

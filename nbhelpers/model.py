@@ -6,7 +6,8 @@ spatial mean and gives every sample `num_conv_layer` weights; the branches
 the block's output is the weighted sum of the branches. The weights depend
 on the sample, so the block chooses, per image, which branch to listen to: a
 form of attention over branches. `BasicBlock.mixing_override` lets analysis
-code (nbhelpers.branches) record those weights or replace them.
+code (nbhelpers.evaluation, nbhelpers.branches) record those weights or replace them.
+Notebook 02 takes it apart (layer table, parameters, FLOPs); every run trains it.
 
 Compared with the seed's code the function and the parameter names are the
 same, but:
@@ -31,6 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["conv_branch", "MixingOverride", "MIXINGS", "BasicBlock", "Backbone", "Classifier",
+           "Model", "count_parameters", "LayerRow", "layer_table", "format_layer_table",
+           "count_flops"]
 
 
 def conv_branch(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -28,6 +28,9 @@ from .data import describe_data_dir, is_synthetic
 from .errors import ExplainedError
 from .runtime import device_name, pick_device, seed_everything
 
+__all__ = ["SYNTHETIC_MARK", "RED", "RESET", "setup", "jupyter_shell", "one_line_warning",
+           "brief_error", "show_problems_briefly"]
+
 SYNTHETIC_MARK = "SYNTHETIC stand-in data (stripe patterns), not CIFAR-10"
 RED, RESET = "\x1b[31m", "\x1b[0m"  # the colour JupyterLab gives an exception's name
 

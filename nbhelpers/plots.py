@@ -1,5 +1,8 @@
 """The figures of the data, the training and the optimizers. Each returns a Figure; `save` writes PNGs.
 
+Notebooks 01 (the data), 02 and 03 (the training and Ranger's parts) and 05
+(runs side by side) draw these.
+
 The figures of a trained model's results (04, 06) are nbhelpers.analysis_plots'.
 
 Images are shown from their uint8 pixels (or un-normalized), never as the
@@ -19,6 +22,12 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import ExplainedError
 from .runtime import project_path
+
+__all__ = ["FiguresError", "MISTAKE", "CORRECT", "SPLIT_COLORS", "BRANCH_COLORS", "mark_figures",
+           "save", "as_hwc", "image_grid", "class_examples", "class_balance", "steps_per_epoch_of",
+           "training_curves", "learning_rate_schedules", "rectification", "lookahead_paths",
+           "one_cycle", "run_comparison", "setting_accuracies", "gradient_centralization",
+           "effective_step"]
 
 
 class FiguresError(ExplainedError, OSError):

@@ -1,7 +1,8 @@
 """What a student sees while a run trains: a bar, one line per epoch, live curves.
 
-`fit` makes one `Progress` per call and tells it about every step and every
-finished epoch; how that shows depends on where the code runs:
+`fit` (notebook 03, and every run of a sweep) makes one `Progress` per call
+and tells it about every step and every finished epoch; how that shows
+depends on where the code runs:
 - "bar": tqdm's bar (a widget in JupyterLab, text in a terminal) and a line per
   epoch; in a Jupyter kernel also the loss and accuracy curves, redrawn in place
   after every epoch (skipping epochs only where drawing would cost more than
@@ -23,6 +24,9 @@ from tqdm.auto import tqdm
 
 from .config import AUTO
 from .notebook import jupyter_shell
+
+__all__ = ["DRAWING_SHARE", "progress_mode", "epoch_line", "duration", "LONG_RUN", "RunEstimate",
+           "curves_png", "LiveCurves", "Progress"]
 
 # Drawing the curves takes a few tenths of a second, in the training loop's thread: at most
 # this share of the training time goes to it (on a GPU some epochs then skip their redraw).

@@ -1,5 +1,9 @@
 """Ranger = RAdam + Lookahead + gradient centralization, as the seed used it.
 
+Every run trains with it (nbhelpers.train.build_optimizer); notebook 03
+writes its update out and shows each part (nbhelpers.ranger_parts), 05
+compares it with its parts switched off.
+
 This is the algorithm of lessw2020's ranger.py (2020 edition, with gradient
 centralization), written for current PyTorch:
 
@@ -28,6 +32,9 @@ from typing import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
+
+__all__ = ["Ranger", "FlatCohort", "centralized", "sma_length", "rectification_term",
+           "rectification"]
 
 
 class Ranger(Optimizer):

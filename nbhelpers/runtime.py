@@ -15,6 +15,10 @@ import torch
 
 from .errors import ExplainedError
 
+__all__ = ["PROJECT_ROOT", "DATA_DIR", "RUNS_DIR", "FIGURES_DIR", "project_path", "seed_everything",
+           "pick_device", "DeviceError", "cpu_flags", "cpu_model", "cpu_vendor",
+           "cpu_has_fast_bf16", "synchronize", "total_memory", "device_name"]
+
 # The checkout this package was installed from (an editable install, as the
 # README sets up). Installed elsewhere, paths fall back to the working folder.
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,8 @@
 """The seed's own formulation, kept as an oracle and a baseline, not for training.
 
 Tests check that `nbhelpers.Model` and `nbhelpers.Ranger` compute what these
-compute; the benchmarks time them side by side. The model is the original
+compute; the benchmarks time them side by side; notebook 02 counts the seed's
+dead branch in it. The model is the original
 notebook's code with only its comments shortened (dead 4th branch and
 torch.jit.fork included); the optimizer is lessw2020's per-parameter Ranger
 loop with its deprecated calls replaced by their current spellings.
@@ -14,6 +15,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+__all__ = ["SeedBasicBlock", "SeedBackbone", "SeedClassifier", "SeedModel", "SeedRanger"]
 
 
 class SeedBasicBlock(nn.Module):

@@ -32,6 +32,10 @@ from ..runs.folder import read_config, read_history
 from ..runtime import PROJECT_ROOT
 from ..config import SIZES, pick_size
 
+__all__ = ["REFERENCE_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOTEBOOKS", "SEED_ROW",
+           "figures_dir_for", "run_reference", "publish", "summarize", "reference_results",
+           "results_table", "write_readme_results", "main"]
+
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
 RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.reference -->", "<!-- results end -->"

@@ -31,6 +31,9 @@ from ..runs.folder import CHECKPOINT, is_finished
 from ..runtime import PROJECT_ROOT, RUNS_DIR
 from ..config import SIZES, WHAT, pick_size
 
+__all__ = ["NOTEBOOKS_DIR", "NOTEBOOKS", "COMPARE", "STUDY", "ALL_NOTEBOOKS", "series_parameters",
+           "demo_data_dir", "make_room", "run_series", "run_notebook", "main"]
+
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # The series proper: data, model, training, evaluation of one run.
 NOTEBOOKS = ("01_data_exploration", "02_model", "03_train", "04_evaluate")

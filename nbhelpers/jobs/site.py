@@ -31,6 +31,8 @@ from nbconvert.filters import markdown2html_mistune
 from .reference import REFERENCE_DIR, reference_results, results_table
 from ..runtime import PROJECT_ROOT
 
+__all__ = ["SITE_DIR", "math_as_mathml", "notebook_page", "index_page", "build_site", "main"]
+
 SITE_DIR = PROJECT_ROOT / "build" / "site"
 # $$display$$ or $inline$ math, outside `code`: what the notebooks' Markdown cells hold.
 _CODE_OR_MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)

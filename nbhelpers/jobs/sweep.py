@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import SIZES, TrainConfig, make_config, pick_size, unknown_names
+from ..config import NOT_CHANGING_THE_NUMBERS, SIZES, TrainConfig, make_config, pick_size, unknown_names
 from ..errors import ExplainedError
 from ..runs.load import load_runs
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
@@ -41,6 +41,9 @@ from ..runs.folder import (CHECKPOINT, CONFIG, is_finished, read_config, setting
                    stopped_before_first_epoch)
 from ..runtime import PROJECT_ROOT, RUNS_DIR, project_path
 from .series import NOTEBOOKS_DIR
+
+__all__ = ["TRAINING_NOTEBOOK", "grid", "SWEEPS", "SweepError", "RUN_NAME", "SET_BY_THE_SWEEP",
+           "SWEEPABLE", "Entry", "Sweep", "make_sweep", "run_entry", "run_sweep", "main"]
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
 
@@ -69,7 +72,8 @@ class SweepError(ExplainedError, RuntimeError):
 # A run's name becomes its folder's name: one plain path component, never "..", "/x" or "a/b".
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 # The sweep itself says where the data and the runs are and how they report: a run may not.
-SET_BY_THE_SWEEP = {"data_dir", "run_dir", "resume", "progress", "download", "size"}
+# That is every parameter that does not change a run's numbers but `compile`, the run's own choice.
+SET_BY_THE_SWEEP = NOT_CHANGING_THE_NUMBERS - {"compile"}
 SWEEPABLE = [f.name for f in fields(TrainConfig) if f.name not in SET_BY_THE_SWEEP]
 
 

@@ -1,4 +1,8 @@
-"""Run folders: what a run writes, and how it is continued or loaded again.
+"""Run folders: what a run writes, and how it is continued.
+
+Notebook 03 writes one (through `fit`, nbhelpers.runs.training), 04 reads one
+back and 05 and 06 many (nbhelpers.runs.load); the sweeps and the series
+look into them to see how far a run got.
 
 A run folder holds everything a run produces:
     config.json     the resolved configuration, versions, device, the data it trained on,
@@ -48,10 +52,21 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import NOT_CHANGING_THE_NUMBERS, ConfigError, TrainConfig, reached_the_last_epoch
 from ..errors import ExplainedError
 from ..runtime import PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, project_path
 from .lock import LOCK, check_not_in_use, folder_lock
+
+__all__ = ["CHECKPOINT", "HISTORY", "CONFIG", "WEIGHTS", "STEPS", "BRANCH_WEIGHTS", "TABLES",
+           "CHECKPOINT_FORMAT", "KEPT_ON_RESUME", "RunFolderError", "ResumeError", "Run",
+           "resume_command", "new_run_dir", "is_finished", "run_folders", "latest_run_dir",
+           "run_to_resume", "progress_of", "stopped_before_first_epoch", "check_path_is_usable",
+           "check_new_run_dir", "check_holds_nothing", "atomic_write", "write_table", "read_table",
+           "write_tables", "read_history", "file_sha256", "write_weights", "environment",
+           "project_commit", "write_config", "read_config", "set_rng_state", "save_checkpoint",
+           "load_safely", "load_checkpoint", "settings_that_differ", "check_resumable",
+           "check_same_data", "choose_run_dir", "writing", "ResumePoint", "resume_point",
+           "restore_missing_files"]
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 STEPS, BRANCH_WEIGHTS = "steps.csv", "branch_weights.csv"
@@ -61,11 +76,6 @@ TABLES = {"history": HISTORY, "steps": STEPS, "branch_weights": BRANCH_WEIGHTS}
 # 2: the checkpoint also records the data it was trained on; 3: also what the run
 # resolved ("resolved": precision, memory layout, threads) and config.json's contents.
 CHECKPOINT_FORMAT = 3
-# Parameters that may differ between a run and its resumption: they change
-# where things are or how progress looks, not what is computed. (The data
-# folder may move; the data itself is checked by its fingerprint.)
-# `size` only names where the run-length values came from; the values themselves are compared.
-RESUMABLE_DIFFERENCES = {"resume", "progress", "run_dir", "data_dir", "download", "compile", "size"}
 # What a run resolved when it began and keeps when resumed elsewhere: each changes the numbers.
 KEPT_ON_RESUME = ("precision", "channels_last", "threads")
 
@@ -95,7 +105,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return bool(self.history) and int(self.history[-1]["epoch"]) == self.config.num_epochs
+        """Every planned epoch trained (the one rule: nbhelpers.config.reached_the_last_epoch)."""
+        return reached_the_last_epoch(self.history, self.config.num_epochs)
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -122,6 +133,10 @@ def new_run_dir(root: Path = RUNS_DIR) -> Path:
 
 
 def is_finished(run_dir: Path) -> bool:
+    """Is the run in this folder finished? Only a finished run writes its final weights (model.pt).
+
+    The one definition for a folder; a run in memory asks `Run.finished`.
+    """
     return (run_dir / WEIGHTS).is_file()
 
 
@@ -411,7 +426,7 @@ def load_checkpoint(run_dir: Path, device: torch.device) -> dict:
 
 def settings_that_differ(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The parameters of `now` that change what a run computes and differ in `saved`."""
-    return [k for k in now if k not in RESUMABLE_DIFFERENCES and saved.get(k) != now[k]]
+    return [k for k in now if k not in NOT_CHANGING_THE_NUMBERS and saved.get(k) != now[k]]
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:

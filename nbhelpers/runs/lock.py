@@ -1,5 +1,8 @@
 """One process at a time in a folder: an exclusive lock that dies with its process.
 
+`fit` (notebook 03) holds its run folder's lock while it trains; a sweep
+(nbhelpers.jobs.sweep, notebooks 05 and 06) holds each entry's.
+
 A run folder (and a sweep's entry folder) is written by one process only. Two
 trainings in one folder, or two resumes of one run, would each overwrite the
 other's checkpoint. So whoever writes a folder first takes its lock:
@@ -25,6 +28,9 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from ..errors import ExplainedError
+
+__all__ = ["LOCK", "FolderInUse", "FolderNotWritable", "holder_of", "folder_lock",
+           "check_not_in_use", "is_locked"]
 
 LOCK = ".lock"  # inside the locked folder; not a file of the run
 
