@@ -118,6 +118,22 @@ def test_in_a_kernel_whose_shell_is_a_subclass_named_shell_as_on_colab_errors_ar
     assert error is not None and failed[0].ename == "ConfigError" and len(failed[0].traceback) == 1
 
 
+def test_the_first_cells_find_the_project_from_a_kernel_working_outside_it(tmp_path, monkeypatch):
+    """As on Colab: the project cloned and installed (pip install -e) in one folder, the kernel in another."""
+    from nbhelpers.runtime import PROJECT_ROOT
+    from nbhelpers.series import NOTEBOOKS_DIR
+    monkeypatch.delenv("CIFAR10_ROOT", raising=False)
+    notebook = nbformat.read(NOTEBOOKS_DIR / "01_data_exploration.ipynb", as_version=4)
+    parameters, first = [cell.source for cell in notebook.cells if cell.cell_type == "code"][:2]
+    assert not PROJECT_ROOT.is_relative_to(tmp_path)
+    cells, error = _execute(tmp_path, parameters, first,
+                            "import os\nfrom nbhelpers.runtime import project_path\n"
+                            "print(os.getcwd(), project_path(figures_dir), sep='\\n')")
+    assert error is None
+    assert f" at {PROJECT_ROOT / 'data' / 'cifar-10-batches-py'}" in cells[1].outputs[0].text
+    assert cells[2].outputs[0].text == f"{tmp_path}\n{PROJECT_ROOT / 'runs' / 'figures'}\n"
+
+
 def test_other_errors_keep_their_traceback(tmp_path):
     cells, error = _execute(tmp_path, "from nbhelpers.notebook import setup\ndevice = setup(seed=1)",
                             "def f():\n    raise KeyError('x')\nf()")
