@@ -32,7 +32,7 @@ from torchvision.datasets.utils import calculate_md5, download_url
 
 from .config import ConfigError
 from .errors import ExplainedError
-from .runtime import DATA_DIR, project_path
+from .runtime import DATA_DIR, project_path, shown_path
 
 FOLDER = _TorchvisionCIFAR10.base_folder  # "cifar-10-batches-py"
 TRAIN_FILES = [name for name, _ in _TorchvisionCIFAR10.train_list]
@@ -189,9 +189,9 @@ def describe_data_dir(root: str | os.PathLike | None = None) -> str:
     except CIFAR10DataError as exc:
         return f"{folder} cannot be used: {exc.problem}"
     if meta.get("synthetic"):
-        return (f"SYNTHETIC stand-in at {folder}, not CIFAR-10 "
+        return (f"SYNTHETIC stand-in at {shown_path(folder)}, not CIFAR-10 "
                 f"(classes: {', '.join(meta['label_names'])})")
-    return f"CIFAR-10 at {folder}"
+    return f"CIFAR-10 at {shown_path(folder)}"
 
 
 def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> Path:
@@ -481,7 +481,7 @@ def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
     differing = [name for name, md5 in sums.items() if md5 != OFFICIAL_MD5[name]]
     if differing:
         warnings.warn(
-            f"CIFAR-10 at {folder} is not the official release: the md5 sums of "
+            f"CIFAR-10 at {shown_path(folder)} is not the official release: the md5 sums of "
             f"{', '.join(differing)} differ. Loading it anyway; a rebuilt copy (such as "
             "the JPEG-derived one) gives accuracies comparable to, not identical with, "
             "published ones.", UnofficialCopyWarning, stacklevel=3)

@@ -29,7 +29,7 @@ from typing import Any
 import nbformat
 
 from .runs import read_config, read_history
-from .runtime import PROJECT_ROOT
+from .runtime import PROJECT_ROOT, shown_path
 from .sizes import SIZES, pick_size
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
@@ -62,7 +62,7 @@ def run_reference(name: str, size: str) -> Path:
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
     for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
-        parameters = dict(parameters, size="small", figures_dir=str(figures), data_dir=_data_dir_of(base))
+        parameters = dict(parameters, size="small", figures_dir=shown_path(figures), data_dir=_data_dir_of(base))
         print(f"--- {notebook} -> {output}.ipynb {parameters}", flush=True)
         run_notebook(notebook, executed / f"{output}.ipynb", parameters)
     return publish(name, size, base)
@@ -71,7 +71,7 @@ def run_reference(name: str, size: str) -> Path:
 def _data_dir_of(base: Path) -> str:
     """The synthetic stand-in's folder where the series had to use one, else "" (CIFAR-10 as found)."""
     stand_in = base / "synthetic-data"
-    return str(stand_in) if stand_in.is_dir() else ""
+    return shown_path(stand_in) if stand_in.is_dir() else ""
 
 
 def publish(name: str, size: str, base: Path) -> Path:
