@@ -223,7 +223,14 @@ DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUO
 
 def archive_url() -> str:
     """Where the archive comes from: $CIFAR10_URL (a mirror of the same file), else the official host."""
-    return os.environ.get("CIFAR10_URL") or ARCHIVE_URL
+    url = os.environ.get("CIFAR10_URL") or ARCHIVE_URL
+    if not url.startswith(("http://", "https://")):  # torchvision's download reads nothing else
+        raise CIFAR10DataError(
+            f"CIFAR10_URL={url!r} is not an http:// or https:// URL", "To fix it: name a mirror of "
+            f"{ARCHIVE_NAME} on a web server, or unpack an archive on this machine yourself "
+            "(`tar xzf FILE -C data`) or point data_dir (`-p data_dir PATH`) or CIFAR10_ROOT at the "
+            f"folder that holds {FOLDER}/.")
+    return url
 
 
 @contextmanager

@@ -295,6 +295,13 @@ def test_a_stalled_download_stops_with_one_line_naming_the_url_and_what_to_do(tm
     assert socket.getdefaulttimeout() is None  # the timeout held for the download only
 
 
+@pytest.mark.parametrize("url", ["file:///srv/cifar-10-python.tar.gz", "/srv/cifar-10-python.tar.gz"])
+def test_a_mirror_that_is_no_web_address_is_refused_in_one_line(tmp_path, monkeypatch, url):
+    monkeypatch.setenv("CIFAR10_URL", url)
+    with pytest.raises(CIFAR10DataError, match=f"CIFAR10_URL='{url}' is not an http:// or https:// URL. To fix"):
+        load_cifar10(tmp_path / "root", download=True)
+
+
 @contextlib.contextmanager
 def _serving(payload: bytes):
     """An HTTP server on 127.0.0.1 that answers every GET with `payload`; yields its URL and the paths asked."""
