@@ -46,6 +46,13 @@ def test_environment_yml_describes_the_same_packages_as_pyproject():
     assert "-e .[dev,site,lab]" in pip
 
 
+def test_pyproject_citation_and_changelog_name_the_same_version():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == version
+    newest = re.search(r"^## \[(.+?)\]", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    assert newest == version, "CHANGELOG.md's newest release is not pyproject.toml's version"
+
+
 def _imported_packages(path: Path) -> set[str]:
     """The top-level names of every absolute import in a module, inside functions too."""
     names = set()
