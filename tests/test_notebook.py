@@ -127,11 +127,12 @@ def test_the_first_cells_find_the_project_from_a_kernel_working_outside_it(tmp_p
     parameters, first = [cell.source for cell in notebook.cells if cell.cell_type == "code"][:2]
     assert not PROJECT_ROOT.is_relative_to(tmp_path)
     cells, error = _execute(tmp_path, parameters, first,
-                            "import os\nfrom nbhelpers.runtime import project_path\n"
-                            "print(os.getcwd(), project_path(figures_dir), sep='\\n')")
+                            "import os\nfrom nbhelpers.data import resolve_data_root\n"
+                            "from nbhelpers.runtime import project_path\n"
+                            "print(os.getcwd(), resolve_data_root(data_dir), project_path(figures_dir), sep='\\n')")
     assert error is None
-    assert f" at {PROJECT_ROOT / 'data' / 'cifar-10-batches-py'}" in cells[1].outputs[0].text
-    assert cells[2].outputs[0].text == f"{tmp_path}\n{PROJECT_ROOT / 'runs' / 'figures'}\n"
+    assert " at data/cifar-10-batches-py" in cells[1].outputs[0].text  # the project's, named from its root
+    assert cells[2].outputs[0].text == f"{tmp_path}\n{PROJECT_ROOT / 'data'}\n{PROJECT_ROOT / 'runs' / 'figures'}\n"
 
 
 def test_other_errors_keep_their_traceback(tmp_path):
