@@ -488,7 +488,9 @@ def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
     differing = [name for name, md5 in sums.items() if md5 != OFFICIAL_MD5[name]]
     if differing:
         warnings.warn(
-            f"CIFAR-10 at {shown_path(folder)} is not the official release: the md5 sums of "
+            # Named as the user set it (root unresolved), as setup()'s line names it: a data/
+            # that links elsewhere still reads data/cifar-10-batches-py.
+            f"CIFAR-10 at {shown_path(root / FOLDER)} is not the official release: the md5 sums of "
             f"{', '.join(differing)} differ. Loading it anyway; a rebuilt copy (such as "
             "the JPEG-derived one) gives accuracies comparable to, not identical with, "
             "published ones.", UnofficialCopyWarning, stacklevel=3)
