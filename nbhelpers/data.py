@@ -18,10 +18,12 @@ import errno
 import hashlib
 import os
 import pickle
+import socket
 import stat
 import tarfile
 import urllib.error
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +35,7 @@ from torchvision.datasets.utils import calculate_md5, download_url
 
 from .config import ConfigError
 from .errors import ExplainedError
-from .runtime import DATA_DIR, project_path
+from .runtime import DATA_DIR, project_path, shown_path
 
 __all__ = ["FOLDER", "META_FILE", "MEAN", "STD", "CLASS_NAMES", "SYNTHETIC_CLASS_NAMES",
            "CIFAR10DataError", "UnofficialCopyWarning", "resolve_data_root", "find_cifar10",
@@ -48,6 +50,14 @@ TEST_FILES = [name for name, _ in _TorchvisionCIFAR10.test_list]
 META_FILE = _TorchvisionCIFAR10.meta["filename"]
 OFFICIAL_MD5 = dict(_TorchvisionCIFAR10.train_list + _TorchvisionCIFAR10.test_list)
 OFFICIAL_MD5[META_FILE] = _TorchvisionCIFAR10.meta["md5"]
+# The official archive (the python version, 163 MB) and its md5 sum, as torchvision knows them.
+# The environment variable CIFAR10_URL names a mirror of the same file: same md5 sum, checked.
+ARCHIVE_URL = _TorchvisionCIFAR10.url
+ARCHIVE_NAME = _TorchvisionCIFAR10.filename
+ARCHIVE_MD5 = _TorchvisionCIFAR10.tgz_md5
+# Seconds without a byte from the server before a download counts as stalled. torchvision's
+# download_url sets no timeout: a host that accepts and never answers would hang the demo.
+DOWNLOAD_STALL_SECONDS = 60
 
 # The seed's normalization: ToTensor (0..1), then (x - 0.5) / 0.5, so -1..1.
 MEAN = (0.5, 0.5, 0.5)
@@ -83,6 +93,11 @@ HOW_TO_READ = (
 HOW_TO_WRITE = (
     "To fix it: set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a folder you can write "
     "that has room for about 340 MB, or let your user write {root}."
+)
+HOW_TO_GET_AROUND_A_STALL = (
+    f"To fix it: set the environment variable CIFAR10_URL to a mirror of {ARCHIVE_NAME} (it is "
+    "checked against the official md5 sum), or place {folder}/ (the official python version) in "
+    "{root} by hand, or set data_dir (`-p data_dir PATH`) or CIFAR10_ROOT to a folder that holds it."
 )
 HOW_TO_NAME_CLASSES = (
     "To fix it: make label_names in {root}/{folder}/batches.meta list one name per label the "
@@ -184,9 +199,9 @@ def describe_data_dir(root: str | os.PathLike | None = None) -> str:
     except CIFAR10DataError as exc:
         return f"{folder} cannot be used: {exc.problem}"
     if meta.get("synthetic"):
-        return (f"SYNTHETIC stand-in at {folder}, not CIFAR-10 "
+        return (f"SYNTHETIC stand-in at {shown_path(folder)}, not CIFAR-10 "
                 f"(classes: {', '.join(meta['label_names'])})")
-    return f"CIFAR-10 at {folder}"
+    return f"CIFAR-10 at {shown_path(folder)}"
 
 
 def find_cifar10(root: str | os.PathLike | None = None, download: bool = False) -> Path:
@@ -216,14 +231,45 @@ def _writable_folder(root: Path) -> None:
 DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def archive_url() -> str:
+    """Where the archive comes from: $CIFAR10_URL (a mirror of the same file), else the official host."""
+    url = os.environ.get("CIFAR10_URL") or ARCHIVE_URL
+    if not url.startswith(("http://", "https://")):  # torchvision's download reads nothing else
+        raise CIFAR10DataError(
+            f"CIFAR10_URL={url!r} is not an http:// or https:// URL", "To fix it: name a mirror of "
+            f"{ARCHIVE_NAME} on a web server, or unpack an archive on this machine yourself "
+            "(`tar xzf FILE -C data`) or point data_dir (`-p data_dir PATH`) or CIFAR10_ROOT at the "
+            f"folder that holds {FOLDER}/.")
+    return url
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    """Every socket opened inside waits at most `seconds` for a byte; the previous default after."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _stalled(exc: OSError) -> bool:
+    """A timeout, raised as is or wrapped by urllib (while connecting)?"""
+    return isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+
+
 def fetch_cifar10(root: Path) -> None:
-    """Download the official archive (md5 checked by torchvision) and unpack it safely."""
-    url, filename, md5 = (_TorchvisionCIFAR10.url, _TorchvisionCIFAR10.filename,
-                          _TorchvisionCIFAR10.tgz_md5)
+    """Download the archive (official or $CIFAR10_URL; md5 checked by torchvision) and unpack it safely."""
+    url, filename = archive_url(), ARCHIVE_NAME
     _writable_folder(root)
     try:
-        download_url(url, str(root), filename, md5)
+        with _socket_timeout(DOWNLOAD_STALL_SECONDS):
+            download_url(url, str(root), filename, ARCHIVE_MD5)
     except OSError as exc:
+        if _stalled(exc):
+            raise _error(root, f"The download of {url} stalled: no data came for "
+                               f"{DOWNLOAD_STALL_SECONDS:g} s", HOW_TO_GET_AROUND_A_STALL) from exc
         if not isinstance(exc, urllib.error.URLError) and exc.errno in DISK_ERRNOS:
             raise _error(root, f"The download of {url} could not be written into {root} "
                                f"({exc.strerror})", HOW_TO_WRITE) from exc
@@ -452,7 +498,9 @@ def _load_folder(folder: Path, root: Path, _stamp: tuple) -> CIFAR10Data:
     differing = [name for name, md5 in sums.items() if md5 != OFFICIAL_MD5[name]]
     if differing:
         warnings.warn(
-            f"CIFAR-10 at {folder} is not the official release: the md5 sums of "
+            # Named as the user set it (root unresolved), as setup()'s line names it: a data/
+            # that links elsewhere still reads data/cifar-10-batches-py.
+            f"CIFAR-10 at {shown_path(root / FOLDER)} is not the official release: the md5 sums of "
             f"{', '.join(differing)} differ. Loading it anyway; a rebuilt copy (such as "
             "the JPEG-derived one) gives accuracies comparable to, not identical with, "
             "published ones.", UnofficialCopyWarning, stacklevel=3)

@@ -57,10 +57,21 @@ def setup(seed: int = 1002, *, deterministic: bool = False, data_dir: str | None
 
 
 def jupyter_shell():
-    """The IPython shell of a Jupyter kernel (JupyterLab's, or the one papermill starts), else None."""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell else None
-    return ip if ip is not None and type(ip).__name__ == "ZMQInteractiveShell" else None
+    """The IPython shell of a Jupyter kernel (JupyterLab's, Colab's, papermill's), else None.
+
+    Known by what it is, ipykernel's shell, not by its class's name: Colab's is a
+    subclass named `Shell`. IPython in a terminal is no kernel, and without
+    ipykernel there is none.
+    """
+    ipython = sys.modules.get("IPython")  # never imported here: a script has no shell
+    shell = ipython.get_ipython() if ipython else None
+    if shell is None:
+        return None
+    try:
+        from ipykernel.zmqshell import ZMQInteractiveShell
+    except ImportError:
+        return None
+    return shell if isinstance(shell, ZMQInteractiveShell) else None
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:

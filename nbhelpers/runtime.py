@@ -38,6 +38,15 @@ def project_path(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as the series injects and prints it: relative to the project's root where it lies
+    inside it, else as it is. So a published notebook names no folder of the machine it ran on,
+    and `project_path` turns it back into the same folder on any other.
+    """
+    path = Path(path)
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (every CUDA device too).
 

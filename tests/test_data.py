@@ -1,7 +1,13 @@
 """The data pipeline: loading, errors, subsets, augmentation, normalization."""
+import contextlib
+import hashlib
+import http.server
 import io
 import pickle
+import socket
 import tarfile
+import threading
+import time
 import urllib.error
 import warnings
 
@@ -226,21 +232,113 @@ def test_the_synthetic_stand_in_cannot_pass_for_cifar10(tmp_path):
 
 def _fake_download(archive_bytes):
     def download(url, root, filename, md5):
-        assert url.startswith("https://") and md5 == D._TorchvisionCIFAR10.tgz_md5
+        assert url.startswith("https://") and md5 == D.ARCHIVE_MD5
         (D.Path(root) / filename).write_bytes(archive_bytes)
     return download
 
 
-def test_download_fetches_and_unpacks_the_archive(tmp_path, monkeypatch):
+def _stand_in_archive(tmp_path) -> bytes:
+    """A tar.gz laid out as the official one, of a stand-in with 30 training images."""
     source = tmp_path / "source"
     write_synthetic_cifar10(source, train_per_class=3, test_per_class=1)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         archive.add(source / D.FOLDER, arcname=D.FOLDER)
-    monkeypatch.setattr(D, "download_url", _fake_download(buffer.getvalue()))
+    return buffer.getvalue()
+
+
+def test_download_fetches_and_unpacks_the_archive(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "download_url", _fake_download(_stand_in_archive(tmp_path)))
     with pytest.warns(UnofficialCopyWarning):
         data = load_cifar10(tmp_path / "root", download=True)
     assert len(data.train) == 30
+
+
+@contextlib.contextmanager
+def _server_that_never_answers():
+    """A server on 127.0.0.1 that accepts connections and sends nothing; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # the listener closed
+                return
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+        for connection in held:
+            connection.close()
+
+
+def test_a_stalled_download_stops_with_one_line_naming_the_url_and_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "DOWNLOAD_STALL_SECONDS", 1)
+    with _server_that_never_answers() as port:
+        url = f"http://127.0.0.1:{port}/{D.ARCHIVE_NAME}"
+        monkeypatch.setenv("CIFAR10_URL", url)
+        started = time.monotonic()
+        with pytest.raises(CIFAR10DataError) as raised:
+            load_cifar10(tmp_path / "root", download=True)
+        seconds = time.monotonic() - started
+    message = str(raised.value)
+    print(f"after {seconds:.2f} s: {message}")
+    assert message.startswith(f"The download of {url} stalled: no data came for 1 s. To fix it:")
+    assert "\n" not in message and "CIFAR10_URL" in message and "by hand" in message
+    assert 1 <= seconds < 10
+    assert socket.getdefaulttimeout() is None  # the timeout held for the download only
+
+
+@pytest.mark.parametrize("url", ["file:///srv/cifar-10-python.tar.gz", "/srv/cifar-10-python.tar.gz"])
+def test_a_mirror_that_is_no_web_address_is_refused_in_one_line(tmp_path, monkeypatch, url):
+    monkeypatch.setenv("CIFAR10_URL", url)
+    with pytest.raises(CIFAR10DataError, match=f"CIFAR10_URL='{url}' is not an http:// or https:// URL. To fix"):
+        load_cifar10(tmp_path / "root", download=True)
+
+
+@contextlib.contextmanager
+def _serving(payload: bytes):
+    """An HTTP server on 127.0.0.1 that answers every GET with `payload`; yields its URL and the paths asked."""
+    asked = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):  # no line on stderr per request
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_mirror_named_by_cifar10_url_is_fetched_and_checked_against_the_md5(tmp_path, monkeypatch):
+    archive = _stand_in_archive(tmp_path)
+    # The official md5 sum, as the test's own archive has it (a real mirror serves the official file).
+    monkeypatch.setattr(D, "ARCHIVE_MD5", hashlib.md5(archive).hexdigest())
+    with _serving(archive) as (address, asked):
+        monkeypatch.setenv("CIFAR10_URL", f"{address}/mirror/{D.ARCHIVE_NAME}")
+        with pytest.warns(UnofficialCopyWarning):
+            data = load_cifar10(tmp_path / "root", download=True)
+        assert len(data.train) == 30 and f"/mirror/{D.ARCHIVE_NAME}" in asked
+        monkeypatch.setattr(D, "ARCHIVE_MD5", "0" * 32)  # the mirror's file is not the archive wanted
+        with pytest.raises(CIFAR10DataError, match=f"The download of {address}/mirror/.* failed its md5 check"):
+            load_cifar10(tmp_path / "elsewhere", download=True)
 
 
 def test_download_refuses_an_archive_that_writes_outside_the_data_folder(tmp_path, monkeypatch):
@@ -257,13 +355,14 @@ def test_download_refuses_an_archive_that_writes_outside_the_data_folder(tmp_pat
 
 
 def test_the_jpeg_derived_copy_loads_with_one_warning(real_root):
-    assert D.describe_data_dir(real_root) == f"CIFAR-10 at {real_root / D.FOLDER}"
+    assert D.describe_data_dir(real_root) == "CIFAR-10 at data/cifar-10-batches-py"  # relative to the project
     D._load_folder.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = load_cifar10(real_root)
     ours = [w for w in caught if issubclass(w.category, UnofficialCopyWarning)]
-    assert len(ours) == len(caught) == 1 and "not the official release" in str(ours[0].message)
+    assert len(ours) == len(caught) == 1 and str(ours[0].message).startswith(
+        "CIFAR-10 at data/cifar-10-batches-py is not the official release")  # as set, even where data/ links elsewhere
     assert data.train.images.shape == (50000, 3, 32, 32) and data.test.images.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.train.labels).tolist() == [5000] * 10
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10

@@ -63,8 +63,7 @@ def test_the_lock_pins_every_package_exactly():
 
 def test_every_dependency_of_pyproject_is_locked_at_a_version_it_allows():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    wanted = project["dependencies"] + extras["dev"] + extras["browser"]
+    wanted = project["dependencies"] + [spec for extra in project["optional-dependencies"].values() for spec in extra]
     problems = disagreements(wanted, locked_versions())
     assert not problems, f"{'; '.join(problems)}: {FIX_LOCK}"
 
@@ -114,10 +113,11 @@ def test_this_environment_holds_the_locked_versions():
         pytest.skip(f"checks this checkout's .venv only (`make install`, then .venv/bin/python -m pytest), "
                     f"not {sys.prefix}")
     pins = pins_that_apply_here()
-    # The browser extra's packages come with `make browser-test`; until then they are not needed.
-    extras = {"dev", "browser"} if installed_version("playwright") else {"dev"}
+    # make install's extras; `lab` and `browser` come with `make lab` and `make browser-test`.
+    extras = {"dev", "site"} | {extra for extra, package in (("lab", "jupyterlab"), ("browser", "playwright"))
+                                if installed_version(package)}
     needed = needed_by_the_project(extras)
-    assert {"torch", "numpy", "jupyterlab", "pytest"} <= needed
+    assert {"torch", "numpy", "papermill", "pytest", "latex2mathml"} <= needed
     unlocked = sorted(needed - set(pins))
     assert not unlocked, f"{', '.join(unlocked)}: installed, but not locked for this machine: {FIX_LOCK}"
     wrong = [f"{name} locked at {version}, installed {installed_version(name) or 'not at all'}"

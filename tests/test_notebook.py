@@ -3,6 +3,7 @@
 These run small notebooks in a real Jupyter kernel through papermill, the way
 the series runs, and read the outputs the kernel produced.
 """
+import sys
 import warnings
 
 import nbformat
@@ -12,7 +13,7 @@ import pytest
 from nbhelpers.config import ConfigError
 from nbhelpers.data import CIFAR10DataError
 from nbhelpers.errors import ExplainedError
-from nbhelpers.notebook import one_line_warning
+from nbhelpers.notebook import jupyter_shell, one_line_warning
 from nbhelpers.runs.folder import RunFolderError
 from nbhelpers.runs.folder import ResumeError
 from nbhelpers.runs.training import TrainingDiverged
@@ -36,6 +37,38 @@ def _execute(tmp_path, *sources: str):
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     # papermill puts a markdown banner above a failed run: keep only the cells given here
     return [cell for cell in executed.cells if cell.cell_type == "code"], error
+
+
+def _shell_of_class(name: str, base: type) -> object:
+    """An instance of a class called `name` derived from `base`, built without starting anything."""
+    cls = type(name, (base,), {})
+    return cls.__new__(cls)
+
+
+def test_the_jupyter_shell_is_found_by_what_it_is_a_subclass_named_shell_as_on_colab(monkeypatch):
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    colab_like = _shell_of_class("Shell", ZMQInteractiveShell)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: colab_like)
+    assert jupyter_shell() is colab_like
+
+
+def test_a_shell_that_only_bears_the_kernels_class_name_or_no_shell_is_no_jupyter_shell(monkeypatch):
+    import IPython
+    from IPython.core.interactiveshell import InteractiveShell
+    impostor = _shell_of_class("ZMQInteractiveShell", InteractiveShell)  # as a terminal's would be
+    monkeypatch.setattr(IPython, "get_ipython", lambda: impostor)
+    assert jupyter_shell() is None
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    assert jupyter_shell() is None
+
+
+def test_without_ipykernel_there_is_no_jupyter_shell(monkeypatch):
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    monkeypatch.setattr(IPython, "get_ipython", lambda: _shell_of_class("Shell", ZMQInteractiveShell))
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", None)  # `import` raises ImportError
+    assert jupyter_shell() is None
 
 
 def test_a_warning_formats_as_its_category_and_message_only():
@@ -70,6 +103,36 @@ def test_after_setup_warnings_are_one_line_and_project_errors_one_message_and_th
     # The cell still fails: papermill stops there and reports the error (its CLI exits non-zero).
     assert error is not None and error.ename == "ConfigError"
     assert cells[3].execution_count is None and not cells[3].outputs
+
+
+def test_in_a_kernel_whose_shell_is_a_subclass_named_shell_as_on_colab_errors_are_still_one_line(tmp_path):
+    cells, error = _execute(
+        tmp_path,
+        "shell = get_ipython()\nshell.__class__ = type('Shell', (type(shell),), {})  # Colab's shell\n"
+        "print(type(get_ipython()).__name__)",
+        "from nbhelpers.notebook import setup\ndevice = setup(seed=1)",
+        "from nbhelpers.config import TrainConfig\nTrainConfig(num_epochs=-1)",
+    )
+    assert cells[0].outputs[0].text == "Shell\n"
+    failed = [o for o in cells[2].outputs if o.output_type == "error"]
+    assert error is not None and failed[0].ename == "ConfigError" and len(failed[0].traceback) == 1
+
+
+def test_the_first_cells_find_the_project_from_a_kernel_working_outside_it(tmp_path, monkeypatch):
+    """As on Colab: the project cloned and installed (pip install -e) in one folder, the kernel in another."""
+    from nbhelpers.runtime import PROJECT_ROOT
+    from nbhelpers.jobs.series import NOTEBOOKS_DIR
+    monkeypatch.delenv("CIFAR10_ROOT", raising=False)
+    notebook = nbformat.read(NOTEBOOKS_DIR / "01_data_exploration.ipynb", as_version=4)
+    parameters, first = [cell.source for cell in notebook.cells if cell.cell_type == "code"][:2]
+    assert not PROJECT_ROOT.is_relative_to(tmp_path)
+    cells, error = _execute(tmp_path, parameters, first,
+                            "import os\nfrom nbhelpers.data import resolve_data_root\n"
+                            "from nbhelpers.runtime import project_path\n"
+                            "print(os.getcwd(), resolve_data_root(data_dir), project_path(figures_dir), sep='\\n')")
+    assert error is None
+    assert " at data/cifar-10-batches-py" in cells[1].outputs[0].text  # the project's, named from its root
+    assert cells[2].outputs[0].text == f"{tmp_path}\n{PROJECT_ROOT / 'data'}\n{PROJECT_ROOT / 'runs' / 'figures'}\n"
 
 
 def test_other_errors_keep_their_traceback(tmp_path):

@@ -1,14 +1,18 @@
 """The project's promises about itself: environment files agree, notebooks are clean and parameterized."""
 import ast
+import importlib.metadata
 import importlib.util
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from papermill.translators import PythonTranslator
 
 from nbhelpers.config import TrainConfig
@@ -25,7 +29,8 @@ def _requirement(spec: str) -> tuple[str, str]:
 
 def test_environment_yml_describes_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(_requirement(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = dict(_requirement(s) for s in project["dependencies"] + extras["dev"] + extras["site"] + extras["lab"])
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = {}, []
     for entry in environment["dependencies"]:
@@ -38,7 +43,41 @@ def test_environment_yml_describes_the_same_packages_as_pyproject():
     conda.pop("pip")
     listed = dict(conda, **dict(_requirement(s) for s in pip if not s.startswith("-e")))
     assert listed == wanted
-    assert "-e .[dev]" in pip
+    assert "-e .[dev,site,lab]" in pip
+
+
+def test_pyproject_citation_and_changelog_name_the_same_version():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == version
+    newest = re.search(r"^## \[(.+?)\]", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    assert newest == version, "CHANGELOG.md's newest release is not pyproject.toml's version"
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level names of every absolute import in a module, inside functions too."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_package_nbhelpers_imports_is_declared():
+    """What the package imports at run time is in pyproject's dependencies; the site's, in its extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(spec).name) for spec in project["dependencies"]}
+    site_extra = {canonicalize_name(Requirement(spec).name) for spec in project["optional-dependencies"]["site"]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for path in sorted((ROOT / "nbhelpers").rglob("*.py")):
+        allowed = declared | (site_extra if path.stem == "site" else set())
+        for name in _imported_packages(path) - set(sys.stdlib_module_names) - {"nbhelpers"}:
+            provided_by = {canonicalize_name(d) for d in distributions.get(name, [name])}
+            if not provided_by & allowed:
+                missing.append(f"{path.relative_to(ROOT)} imports {name} ({', '.join(sorted(provided_by))})")
+    assert not missing, "not declared in pyproject.toml: " + "; ".join(missing)
 
 
 def _notebook(name):

@@ -29,7 +29,7 @@ from typing import Any
 import nbformat
 
 from ..runs.folder import read_config, read_history
-from ..runtime import PROJECT_ROOT
+from ..runtime import PROJECT_ROOT, shown_path
 from ..config import SIZES, pick_size
 
 __all__ = ["REFERENCE_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOTEBOOKS", "SEED_ROW",
@@ -38,7 +38,7 @@ __all__ = ["REFERENCE_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOT
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
-RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.reference -->", "<!-- results end -->"
+RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.jobs.reference -->", "<!-- results end -->"
 # The sweeps' notebooks run at the CPU sweep size in every reference run: at full size
 # a sweep is many 60-epoch runs, and on a GPU `small` takes seconds a run. As
 # `make compare` and `make study`: 05 on two sweeps, 06 on the mixings, 3 seeds each.
@@ -66,7 +66,7 @@ def run_reference(name: str, size: str) -> Path:
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
     for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
-        parameters = dict(parameters, size="small", figures_dir=str(figures), data_dir=_data_dir_of(base))
+        parameters = dict(parameters, size="small", figures_dir=shown_path(figures), data_dir=_data_dir_of(base))
         print(f"--- {notebook} -> {output}.ipynb {parameters}", flush=True)
         run_notebook(notebook, executed / f"{output}.ipynb", parameters)
     return publish(name, size, base)
@@ -75,7 +75,7 @@ def run_reference(name: str, size: str) -> Path:
 def _data_dir_of(base: Path) -> str:
     """The synthetic stand-in's folder where the series had to use one, else "" (CIFAR-10 as found)."""
     stand_in = base / "synthetic-data"
-    return str(stand_in) if stand_in.is_dir() else ""
+    return shown_path(stand_in) if stand_in.is_dir() else ""
 
 
 def publish(name: str, size: str, base: Path) -> Path:

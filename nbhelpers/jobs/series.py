@@ -28,7 +28,7 @@ import papermill
 
 from ..data import CIFAR10DataError, find_cifar10, write_synthetic_cifar10
 from ..runs.folder import CHECKPOINT, is_finished
-from ..runtime import PROJECT_ROOT, RUNS_DIR
+from ..runtime import PROJECT_ROOT, RUNS_DIR, shown_path
 from ..config import SIZES, WHAT, pick_size
 
 __all__ = ["NOTEBOOKS_DIR", "NOTEBOOKS", "COMPARE", "STUDY", "ALL_NOTEBOOKS", "series_parameters",
@@ -50,22 +50,24 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
     At the tests' size, 05 and 06 are included, each on a sweep of its own: per-batch
     and per-epoch Ranger over two seeds; the seed's and softmax mixing over one.
     """
-    common = {"figures_dir": str(figures_dir), "data_dir": data_dir}
+    # Paths inside the project as relative ones: the executed notebooks name no folder of this machine.
+    common = {"figures_dir": shown_path(figures_dir), "data_dir": shown_path(data_dir) if data_dir else ""}
+    run_dir_parameter = shown_path(run_dir)
     parameters = {
         "01_data_exploration": dict(common),
         "02_model": dict(common, size=size),
         # A line per epoch: the executed copy holds text, not a progress widget's state.
-        "03_train": dict(common, size=size, run_dir=str(run_dir), progress="log"),
+        "03_train": dict(common, size=size, run_dir=run_dir_parameter, progress="log"),
         # On real data the CPU demo ablates on 2,000 of the 10,000 test images (the stand-in has 1,000)
-        "04_evaluate": dict(common, run_dir=str(run_dir),
+        "04_evaluate": dict(common, run_dir=run_dir_parameter,
                             **({"ablation_images": 2000} if size == "demo" and not data_dir else {})),
     }
     if size == "tiny":
         parameters[COMPARE] = dict(common, size="tiny", seeds=2, only="ranger-batch,ranger-epoch",
-                                   sweep_dir=str(run_dir.parent / "sweep"))
+                                   sweep_dir=shown_path(run_dir.parent / "sweep"))
         # Two mixings, one seed each: no spread, so 06 says it gives no verdict.
         parameters[STUDY] = dict(common, size="tiny", seeds=1, only="seed,softmax",
-                                 sweep_dir=str(run_dir.parent / "mixing-sweep"))
+                                 sweep_dir=shown_path(run_dir.parent / "mixing-sweep"))
     return parameters
 
 

@@ -38,6 +38,10 @@ SITE_DIR = PROJECT_ROOT / "build" / "site"
 _CODE_OR_MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
 # <script src="http..."> tags: what would need a network.
 _REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>\s*")
+# Long output lines (a warning, a path) wrap inside the page, between words where they can:
+# the lab template's own rule (word-break: break-all) cuts words anywhere ("data_ba / tch_3").
+WRAP_OUTPUT = ("<style>.jp-OutputArea-output pre "
+               "{ white-space: pre-wrap; word-break: normal; overflow-wrap: anywhere; }</style>")
 
 
 def math_as_mathml(markdown: str) -> str:
@@ -59,7 +63,7 @@ def notebook_page(path: Path) -> str:
         if cell.cell_type == "markdown":
             cell.source = math_as_mathml(cell.source)
     page, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
-    return _REMOTE_SCRIPT.sub("", page)
+    return _REMOTE_SCRIPT.sub("", page).replace("</head>", f"{WRAP_OUTPUT}\n</head>", 1)
 
 
 def index_page(names: list[str], pages: dict[str, list[Path]]) -> str:

@@ -159,7 +159,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
     unknown = sorted(set(only) - set(choices))
     if unknown:
         raise SweepError(f"{name} has no run {', '.join(unknown)}; its runs: {', '.join(choices)}")
-    root = Path(folder) if folder else RUNS_DIR / f"{name}-{size}"
+    root = project_path(folder) if folder else RUNS_DIR / f"{name}-{size}"  # relative: from the project
     root = root if root.is_absolute() else PROJECT_ROOT / root
     entries = []
     for run_name, parameters in choices.items():

@@ -7,7 +7,8 @@ links to, and fails on:
 - a link to a local file that does not exist, or a page that does not load;
 - an image that does not show (not loaded, or zero pixels wide);
 - any request that leaves the machine (the site must work offline);
-- a page without a single figure where its notebook made some.
+- a page without a single figure where its notebook made some;
+- an output line that runs off the page or is cut inside a word where it could wrap between words.
 Screenshots of the index and of the first notebook page land in build/browser/.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ from lab_check import BUILD, CHROMIUM, CHROMIUM_ARGS, ROOT, log
 SITE = ROOT / "build" / "site"
 BROKEN_IMAGES = "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 80))"
 LINKS = "[...document.querySelectorAll('a[href]')].map(a => a.href)"
+UNWRAPPED_OUTPUT = ("[...document.querySelectorAll('.jp-OutputArea-output pre')].filter(e => "
+                    "e.scrollWidth > e.clientWidth + 1 || getComputedStyle(e).wordBreak !== 'normal')"
+                    ".map(e => e.innerText.slice(0, 80))")
 
 
 def local_path(url: str) -> Path | None:
@@ -39,6 +43,8 @@ def check_page(page, url: str) -> tuple[list[str], list[str]]:
     page.wait_for_load_state("load")
     for image in page.evaluate(BROKEN_IMAGES):
         problems.append(f"{url}: an image does not show ({image}...)")
+    for text in page.evaluate(UNWRAPPED_OUTPUT):
+        problems.append(f"{url}: an output does not wrap between words ({text}...)")
     pages = []
     for link in page.evaluate(LINKS):
         path = local_path(link)
