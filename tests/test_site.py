@@ -93,7 +93,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/root/|/home/|/tmp/|/content/|/Use
 def test_the_reference_run_injects_paths_relative_to_the_project_root(tmp_path, monkeypatch):
     """Every notebook of a reference run, the series' and 05's and 06's, gets relative paths only."""
     from nbhelpers import runtime
-    from nbhelpers import series as SERIES
+    from nbhelpers.jobs import series as SERIES
     project = tmp_path / "project"
     monkeypatch.setattr(runtime, "PROJECT_ROOT", project)
     monkeypatch.setattr(SERIES, "RUNS_DIR", project / "runs")
