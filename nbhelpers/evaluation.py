@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import CifarLoader, Split
+from .stats import Interval, mean_interval, paired_bootstrap
 
 EVAL_BATCH_SIZE = 1000  # evaluation needs no gradients: large batches, few launches
 
@@ -99,7 +99,7 @@ class Calibration:
     counts: torch.Tensor     # (bins,) images per bin
     confidence: torch.Tensor  # (bins,) mean confidence of the bin's images
     accuracy: torch.Tensor   # (bins,) share of the bin's images predicted right
-    mean_gap: "Difference"   # right (1 or 0) minus sure, per image, averaged: which way the model leans
+    mean_gap: Interval       # right (1 or 0) minus sure, per image, averaged: which way the model leans
 
     @property
     def expected_calibration_error(self) -> float:
@@ -121,14 +121,7 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> C
     mean_confidence = zeros.index_add(0, which, confidence.double()) / counts  # 0 / 0: NaN when empty
     mean_right = zeros.index_add(0, which, right) / counts
     return Calibration(edges, counts, mean_confidence, mean_right,
-                       mean_with_interval(100 * (right - confidence.double())))
-
-
-def mean_with_interval(values: torch.Tensor) -> "Difference":
-    """The mean of per-image values with its 95% interval (normal approximation: the images are many)."""
-    mean = float(values.mean())
-    half = 1.96 * float(values.std()) / len(values) ** 0.5 if len(values) > 1 else float("inf")
-    return Difference(mean, mean - half, mean + half)
+                       mean_interval(100 * (right - confidence.double())))
 
 
 def format_calibration(table: Calibration) -> str:
@@ -153,43 +146,6 @@ def format_calibration(table: Calibration) -> str:
 # A difference in accuracy, with its noise: the paired bootstrap
 # --------------------------------------------------------------------------
 
-BOOTSTRAP_RESAMPLES = 2000
-
-
-@dataclass(frozen=True)
-class Difference:
-    """An accuracy difference in percentage points with its 95% interval (low, high)."""
-
-    points: float
-    low: float
-    high: float
-
-    @property
-    def is_real(self) -> bool:
-        """True when the interval excludes 0: the difference is more than the test images' noise."""
-        return self.low > 0 or self.high < 0
-
-    def __str__(self) -> str:
-        return f"{self.points:+.2f} pp [{self.low:+.2f}, {self.high:+.2f}]"
-
-
-def paired_difference(right: torch.Tensor, right_before: torch.Tensor,
-                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
-                      seed: int = 0) -> Difference:
-    """Accuracy of `right` minus that of `right_before` (per-image booleans, the same images), with a
-    percentile bootstrap interval.
-
-    Paired: every resample draws test images with replacement and scores both
-    models on the same draw, so what the two have in common (easy and hard
-    images) cancels, and the interval measures only how the change moved the
-    answers. The fixed `seed` makes the interval the same on every run.
-    """
-    per_image = (right.double() - right_before.double()).numpy()  # -1, 0 or +1 per image
-    generator = np.random.default_rng(seed)
-    means = []
-    chunk = max(1, 2_000_000 // len(per_image))  # a few MB of indices at a time
-    for start in range(0, resamples, chunk):
-        draws = generator.integers(0, len(per_image), (min(chunk, resamples - start), len(per_image)))
-        means.append(per_image[draws].mean(axis=1))
-    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
-    return Difference(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))
+# The bootstrap and its interval live in nbhelpers.stats; nbhelpers.branches imports them from here
+# by these names.
+Difference, paired_difference = Interval, paired_bootstrap

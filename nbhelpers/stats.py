@@ -12,7 +12,11 @@ Which interval for which question:
 - `paired_interval`: two settings' runs matched by rand_seed, as a sweep runs
   them (seed k of every setting starts from the same initial weights and sees
   the data in the same order): the t interval of the mean per-seed difference;
-- `welch_interval`: runs that are not matched: Welch's t interval.
+- `welch_interval`: runs that are not matched: Welch's t interval;
+- `paired_bootstrap`: one model against a change of it on the same test
+  images (04's ablations): the images resampled, both models scored on each draw;
+- `mean_interval`: the mean of many per-image values (04's calibration gap);
+- `wilson_interval`: a share of images predicted right (the reliability diagram).
 
 `verdict` puts an interval in words; `seeds_needed` says how many seeds a
 comparison would need to be resolved; `simulate_rules` shows, on data whose
@@ -31,10 +35,12 @@ from scipy import stats as scipy_stats
 
 from .errors import ExplainedError
 
-__all__ = ["Interval", "ComparisonError", "paired_interval", "welch_interval", "verdict", "seeds_needed",
-           "RuleRates", "simulate_rules", "OLD_RULE", "PAIRED_RULE"]
+__all__ = ["Interval", "ComparisonError", "paired_interval", "welch_interval", "paired_bootstrap",
+           "mean_interval", "wilson_interval", "verdict", "seeds_needed", "RuleRates",
+           "simulate_rules", "OLD_RULE", "PAIRED_RULE"]
 
 CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
 
 
 class ComparisonError(ExplainedError):
@@ -60,6 +66,11 @@ class Interval(NamedTuple):
     def half_width(self) -> float:
         """Half the interval's width: about the smallest difference this design could have told from 0."""
         return (self.high - self.low) / 2
+
+    @property
+    def points(self) -> float:
+        """The difference under its earlier name, which nbhelpers.branches still reads."""
+        return self.difference
 
     def __str__(self) -> str:
         return f"{self.difference:+.2f} pp [{self.low:+.2f}, {self.high:+.2f}]"
@@ -212,6 +223,58 @@ def _normal_quantile(confidence: float) -> float:
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ComparisonError(f"confidence must lie between 0 and 1 (0.95 for a 95% interval); got {confidence}")
+
+
+# --------------------------------------------------------------------------
+# Many images of one test set: the paired bootstrap, a mean, a share
+# --------------------------------------------------------------------------
+
+def paired_bootstrap(right, right_before, resamples: int = BOOTSTRAP_RESAMPLES,
+                     confidence: float = CONFIDENCE, seed: int = 0) -> Interval:
+    """Accuracy of `right` minus that of `right_before` (per-image booleans, the same images), in
+    percentage points, with a percentile bootstrap interval.
+
+    Paired: every resample draws test images with replacement and scores both
+    models on the same draw, so what the two have in common (easy and hard
+    images) cancels, and the interval measures only how the change moved the
+    answers. The fixed `seed` makes the interval the same on every run.
+    """
+    _check_confidence(confidence)
+    after, before = np.asarray(right, dtype=float), np.asarray(right_before, dtype=float)
+    if after.shape != before.shape or after.ndim != 1 or len(after) == 0:
+        raise ComparisonError(f"the paired bootstrap needs one answer per image from each model, on the same "
+                              f"images; got shapes {after.shape} and {before.shape}")
+    per_image = after - before  # -1, 0 or +1 per image
+    generator = np.random.default_rng(seed)
+    means = []
+    chunk = max(1, 2_000_000 // len(per_image))  # a few MB of indices at a time
+    for start in range(0, resamples, chunk):
+        draws = generator.integers(0, len(per_image), (min(chunk, resamples - start), len(per_image)))
+        means.append(per_image[draws].mean(axis=1))
+    low, high = np.quantile(np.concatenate(means), [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Interval(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))
+
+
+def mean_interval(values, confidence: float = CONFIDENCE) -> Interval:
+    """The mean of per-image values with its t interval; unbounded for a single value."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        mean = float(values.mean()) if len(values) else math.nan
+        return Interval(mean, -math.inf, math.inf)
+    return _t_interval(values, confidence)
+
+
+def wilson_interval(share, count, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high): the Wilson interval of binomial shares (arrays or numbers) out of `count` each.
+
+    Unlike share ± z·se it is never zero wide at a share of 0 or 1, and it
+    stays within 0..1: what a bin of a few images needs.
+    """
+    share, count = np.asarray(share, dtype=float), np.asarray(count, dtype=float)
+    z = _normal_quantile(confidence)
+    centre = (share + z ** 2 / (2 * count)) / (1 + z ** 2 / count)
+    half = z * np.sqrt(share * (1 - share) / count + z ** 2 / (4 * count ** 2)) / (1 + z ** 2 / count)
+    return centre - half, centre + half
 
 
 # --------------------------------------------------------------------------

@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as scipy_stats
 
 from nbhelpers.errors import ExplainedError
-from nbhelpers.stats import (OLD_RULE, PAIRED_RULE, ComparisonError, Interval, paired_interval,
-                             seeds_needed, simulate_rules, verdict, welch_interval)
+from nbhelpers.stats import (OLD_RULE, PAIRED_RULE, ComparisonError, Interval, mean_interval,
+                             paired_bootstrap, paired_interval, seeds_needed, simulate_rules, verdict,
+                             welch_interval, wilson_interval)
 
 # Final test accuracies of two settings, by rand_seed (made up, in the range of the CPU sweeps).
 RANGER = {0: 71.2, 1: 70.1, 2: 69.8, 3: 70.9, 4: 71.5}
@@ -157,3 +159,52 @@ def test_the_simulation_refuses_a_model_it_cannot_draw():
     with pytest.raises(ComparisonError, match="seed_share"):
         simulate_rules(seed_share=1.0)
 
+
+# --------------------------------------------------------------------------
+# One model's test images: the paired bootstrap, a mean, a share (notebook 04)
+# --------------------------------------------------------------------------
+
+def test_the_paired_bootstrap_of_identical_answers_is_exactly_zero_and_not_real():
+    right = torch.rand(500, generator=torch.Generator().manual_seed(0)) < 0.6
+    difference = paired_bootstrap(right, right)
+    assert difference == (0, 0, 0) and not difference.is_real
+
+
+def test_the_paired_bootstrap_matches_the_normal_approximation_and_is_real_only_beyond_noise():
+    generator = torch.Generator().manual_seed(1)
+    before = torch.rand(4000, generator=generator) < 0.5
+    # 120 answers lost, 40 gained: -2 points, the paired standard error sqrt(160) / 4000 = 0.32 points.
+    after = before.clone()
+    after[torch.nonzero(before).flatten()[:120]] = False
+    after[torch.nonzero(~before).flatten()[:40]] = True
+    difference = paired_bootstrap(after, before)
+    assert difference.difference == pytest.approx(-2.0)
+    se = 100 * np.sqrt((120 + 40) / 4000 - (80 / 4000) ** 2) / np.sqrt(4000)
+    assert difference.low == pytest.approx(-2.0 - 1.96 * se, abs=0.15)
+    assert difference.high == pytest.approx(-2.0 + 1.96 * se, abs=0.15)
+    assert difference.is_real and str(difference).startswith("-2.00 pp [")
+    # The same change on 100 images: the interval widens past 0, not resolved.
+    small = paired_bootstrap(after[:100] | (torch.arange(100) < 3), before[:100])
+    assert small.low < 0 < small.high and not small.is_real
+    assert verdict(small, 100, "test images").startswith("not resolved with 100 test images (±")
+    assert paired_bootstrap(after, before) == difference  # a fixed seed: the same interval every time
+    with pytest.raises(ComparisonError, match="on the same images; got shapes"):
+        paired_bootstrap(after, before[:100])
+
+
+def test_the_mean_interval_is_scipys_one_sample_t_interval_and_unbounded_for_one_value():
+    values = np.random.default_rng(3).normal(-1.5, 4.0, 50)
+    expected = scipy_stats.ttest_1samp(values, 0).confidence_interval()
+    interval = mean_interval(torch.from_numpy(values))
+    assert interval.difference == pytest.approx(values.mean())
+    assert _close(interval, expected.low, expected.high)
+    assert mean_interval([2.5]) == (2.5, -math.inf, math.inf)
+
+
+def test_the_wilson_interval_is_scipys_and_stays_inside_0_to_1():
+    successes, counts = np.array([0, 3, 7, 10, 412]), np.array([10, 10, 10, 10, 500])
+    low, high = wilson_interval(successes / counts, counts)
+    for k, n, lo, hi in zip(successes, counts, low, high):
+        expected = scipy_stats.binomtest(int(k), int(n)).proportion_ci(method="wilson")
+        assert (lo, hi) == (pytest.approx(expected.low), pytest.approx(expected.high))
+    assert low[0] == pytest.approx(0) and high[0] > 0.2 and high[3] == pytest.approx(1) and low[3] < 0.8
