@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .plots import BRANCH_COLORS, CORRECT, MISTAKE, as_hwc, image_grid
+from .stats import wilson_interval
 
 __all__ = ["WEIGHT_LABEL", "confusion_matrix", "per_class_accuracy", "prediction_grid",
            "branch_weights", "branch_weight_distributions", "class_branch_heatmaps",
@@ -221,7 +222,7 @@ def ablation_differences(rows: Sequence) -> Figure:
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (title, color, members) in zip(axes[:, 0], groups):
         y = np.arange(len(members))
-        points = np.array([row.difference.points for row in members])
+        points = np.array([row.difference.difference for row in members])
         low = np.array([row.difference.low for row in members])
         high = np.array([row.difference.high for row in members])
         ax.errorbar(points, y, xerr=[points - low, high - points], fmt="none", ecolor=color,
@@ -244,13 +245,6 @@ def ablation_differences(rows: Sequence) -> Figure:
     return fig
 
 
-def _wilson_interval(share: np.ndarray, count: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """The 95% Wilson interval of a binomial share: unlike share ± z·se, never zero wide at 0 or 1."""
-    centre = (share + z ** 2 / (2 * count)) / (1 + z ** 2 / count)
-    half = z * np.sqrt(share * (1 - share) / count + z ** 2 / (4 * count ** 2)) / (1 + z ** 2 / count)
-    return centre - half, centre + half
-
-
 def reliability_diagram(table) -> Figure:
     """How sure the model is against how often it is right (nbhelpers.evaluation.calibration).
 
@@ -268,7 +262,7 @@ def reliability_diagram(table) -> Figure:
     top.bar(centres[filled], table.accuracy.numpy()[filled], width[filled], color="tab:blue",
             edgecolor="white", label="share right in the bin")
     accuracy, counts = table.accuracy.numpy()[filled], table.counts.numpy()[filled]
-    low, high = _wilson_interval(accuracy, counts)
+    low, high = wilson_interval(accuracy, counts)
     top.errorbar(table.confidence.numpy()[filled], accuracy, yerr=[accuracy - low, high - accuracy],
                  fmt="o", color="black",
                  markersize=3.5, capsize=2.5, linewidth=1, zorder=3,

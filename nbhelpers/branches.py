@@ -20,7 +20,7 @@ module reads those weights over a whole split and measures, without a threshold:
   computes exactly the model built without that branch).
 
 Each ablation is a difference in test accuracy with a 95% paired-bootstrap
-interval (nbhelpers.evaluation.paired_bootstrap_difference): real when it excludes 0.
+interval (nbhelpers.stats.paired_bootstrap): real when it excludes 0.
 
     weights = collect_branch_weights(model, test)        # (blocks, images, branches)
     rows = ablation(model, test, weights.mean(dim=1))
@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from .config import TrainConfig, build_model
 from .data import CifarLoader, Split
 from .errors import ExplainedError
-from .evaluation import DifferenceWithInterval, infer, mixing_overridden, paired_bootstrap_difference
+from .evaluation import infer, mixing_overridden
+from .stats import Interval, paired_bootstrap
 from .model import MixingOverride, Model
 
 __all__ = ["fixed_weights", "without_branch", "mean_weight_per_class", "standard_error_per_class",
@@ -328,7 +329,7 @@ class AblationRow:
     change: str               # what was done to the model, in words
     accuracy: float           # test accuracy (%) with that change
     baseline: float           # test accuracy (%) of the model as trained
-    difference: DifferenceWithInterval    # accuracy - baseline in points, with its 95% paired-bootstrap interval
+    difference: Interval    # accuracy - baseline in points, with its 95% paired-bootstrap interval
 
 
 def ablation_changes(mean_weights: torch.Tensor) -> dict[str, dict[int, MixingOverride]]:
@@ -365,15 +366,15 @@ def ablation(model: Model, split: Split, mean_weights: torch.Tensor,
     trained = right["as trained"]
     baseline = 100 * trained.double().mean().item()
     return [AblationRow(change, 100 * got.double().mean().item(), baseline,
-                        paired_bootstrap_difference(got, trained))
+                        paired_bootstrap(got, trained))
             for change, got in right.items()]
 
 
-def verdict(difference: DifferenceWithInterval) -> str:
+def verdict(difference: Interval) -> str:
     """A difference in words: a loss or a gain only when its interval excludes 0."""
     if not difference.is_real:
         return "tie"
-    return "loss" if difference.points < 0 else "gain"
+    return "loss" if difference.difference < 0 else "gain"
 
 
 def format_ablation(rows: list[AblationRow]) -> str:
@@ -454,7 +455,7 @@ def describe_ablation(rows: list[AblationRow], weights: torch.Tensor) -> str:
 
 def costliest_removal(uses: list[dict]) -> int | None:
     """The branch whose removal costs a block the most, if its interval clears the next one's; else None."""
-    ranked = sorted(uses, key=lambda u: u["removed"].points)
+    ranked = sorted(uses, key=lambda u: u["removed"].difference)
     if len(ranked) > 1 and ranked[0]["removed"].high >= ranked[1]["removed"].low:
         return None  # the two costliest overlap: a tie
     return ranked[0]["branch"]

@@ -6,8 +6,9 @@ also show.
 
 `infer` returns logits and `evaluate` the loss and accuracy, so that notebook
 04 computes the logits once and reuses them for every table and figure: per
-class, confused pairs, calibration (how sure against how often right), and a
-difference between two models on the same images with its bootstrap interval.
+class, confused pairs, calibration (how sure against how often right). A
+difference between two models on the same images, with its bootstrap
+interval, is nbhelpers.stats.paired_bootstrap.
 """
 from __future__ import annotations
 
@@ -15,18 +16,16 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import CifarLoader, Split
 from .model import MixingOverride, Model
+from .stats import Interval, mean_interval
 
 __all__ = ["EVAL_BATCH_SIZE", "autocast", "infer", "evaluate", "accuracy", "confusion_matrix",
            "per_class_accuracy", "most_confident_mistakes", "Calibration", "calibration",
-           "mean_with_interval", "format_calibration", "BOOTSTRAP_RESAMPLES",
-           "DifferenceWithInterval", "paired_bootstrap_difference", "mixing_overridden",
-           "collect_branch_weights"]
+           "format_calibration", "mixing_overridden", "collect_branch_weights"]
 
 EVAL_BATCH_SIZE = 1000  # evaluation needs no gradients: large batches, few launches
 
@@ -111,7 +110,7 @@ class Calibration:
     counts: torch.Tensor     # (bins,) images per bin
     confidence: torch.Tensor  # (bins,) mean confidence of the bin's images
     accuracy: torch.Tensor   # (bins,) share of the bin's images predicted right
-    mean_gap: "DifferenceWithInterval"   # right (1 or 0) minus sure, per image, averaged: which way the model leans
+    mean_gap: Interval       # right (1 or 0) minus sure, per image, averaged: which way the model leans
 
     @property
     def expected_calibration_error(self) -> float:
@@ -133,14 +132,7 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> C
     mean_confidence = zeros.index_add(0, which, confidence.double()) / counts  # 0 / 0: NaN when empty
     mean_right = zeros.index_add(0, which, right) / counts
     return Calibration(edges, counts, mean_confidence, mean_right,
-                       mean_with_interval(100 * (right - confidence.double())))
-
-
-def mean_with_interval(values: torch.Tensor) -> "DifferenceWithInterval":
-    """The mean of per-image values with its 95% interval (normal approximation: the images are many)."""
-    mean = float(values.mean())
-    half = 1.96 * float(values.std()) / len(values) ** 0.5 if len(values) > 1 else float("inf")
-    return DifferenceWithInterval(mean, mean - half, mean + half)
+                       mean_interval(100 * (right - confidence.double())))
 
 
 def format_calibration(table: Calibration) -> str:
@@ -159,52 +151,6 @@ def format_calibration(table: Calibration) -> str:
                if gap.high < 0 else "calibrated on average, within the noise")
     lines.append(f"right minus sure, over all {int(table.counts.sum()):,} images: {gap}: {leaning}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# A difference in accuracy, with its noise: the paired bootstrap
-# --------------------------------------------------------------------------
-
-BOOTSTRAP_RESAMPLES = 2000
-
-
-@dataclass(frozen=True)
-class DifferenceWithInterval:
-    """An accuracy difference in percentage points with its 95% interval (low, high)."""
-
-    points: float
-    low: float
-    high: float
-
-    @property
-    def is_real(self) -> bool:
-        """True when the interval excludes 0: the difference is more than the test images' noise."""
-        return self.low > 0 or self.high < 0
-
-    def __str__(self) -> str:
-        return f"{self.points:+.2f} pp [{self.low:+.2f}, {self.high:+.2f}]"
-
-
-def paired_bootstrap_difference(right: torch.Tensor, right_before: torch.Tensor,
-                      resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
-                      seed: int = 0) -> DifferenceWithInterval:
-    """Accuracy of `right` minus that of `right_before` (per-image booleans, the same images), with a
-    percentile bootstrap interval.
-
-    Paired: every resample draws test images with replacement and scores both
-    models on the same draw, so what the two have in common (easy and hard
-    images) cancels, and the interval measures only how the change moved the
-    answers. The fixed `seed` makes the interval the same on every run.
-    """
-    per_image = (right.double() - right_before.double()).numpy()  # -1, 0 or +1 per image
-    generator = np.random.default_rng(seed)
-    means = []
-    chunk = max(1, 2_000_000 // len(per_image))  # a few MB of indices at a time
-    for start in range(0, resamples, chunk):
-        draws = generator.integers(0, len(per_image), (min(chunk, resamples - start), len(per_image)))
-        means.append(per_image[draws].mean(axis=1))
-    low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, (1 + level) / 2])
-    return DifferenceWithInterval(100 * float(per_image.mean()), 100 * float(low), 100 * float(high))
 
 
 # --------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from nbhelpers.branches import (AblationRow, BranchRecordError, ablation, ablati
                                 most_extreme_images, moved_share,
                                 shares_of, standard_error_per_class, weight_shares,
                                 without_branch)
-from nbhelpers.evaluation import DifferenceWithInterval, collect_branch_weights, mixing_overridden
+from nbhelpers.evaluation import collect_branch_weights, mixing_overridden
+from nbhelpers.stats import Interval
 from nbhelpers.compare import describe_mixing_study, mixing_groups, mixing_table
 from nbhelpers.config import make_config
 from nbhelpers.data import Split, normalize
-from nbhelpers import evaluation, train
+from nbhelpers import evaluation, stats, train
 from nbhelpers.runs import training
 from nbhelpers.runs.load import load_runs
 
@@ -146,20 +147,20 @@ def test_ablation_lists_the_baseline_every_mean_replacement_and_every_removed_br
                          "block 2: mean weights", "every block: mean weights"]
     assert names[5:] == [f"block {i}: without branch {j}" for i in range(3) for j in range(3)]
     baseline = evaluation.accuracy(evaluation.infer(model, split, "cpu").argmax(dim=1), split.labels)
-    assert rows[0].accuracy == baseline and rows[0].difference == DifferenceWithInterval(0, 0, 0)
+    assert rows[0].accuracy == baseline and rows[0].difference == Interval(0, 0, 0)
     with mixing_overridden(model, {2: without_branch(1)}):
         removed_logits = evaluation.infer(model, split, "cpu")
     removed = evaluation.accuracy(removed_logits.argmax(dim=1), split.labels)
     row = rows[names.index("block 2: without branch 1")]
     assert row.accuracy == removed
-    assert row.difference.points == pytest.approx(removed - baseline)
+    assert row.difference.difference == pytest.approx(removed - baseline)
     # Each interval is the paired bootstrap of the same images' answers, with and without the change.
     trained_right = evaluation.infer(model, split, "cpu").argmax(dim=1) == split.labels
     changed_answers = 0
     for row, overrides in zip(rows, ablation_changes(means).values()):
         with mixing_overridden(model, overrides):
             right = evaluation.infer(model, split, "cpu").argmax(dim=1) == split.labels
-        assert row.difference == evaluation.paired_bootstrap_difference(right, trained_right)
+        assert row.difference == stats.paired_bootstrap(right, trained_right)
         changed_answers += bool((right != trained_right).any())
     assert changed_answers > 0  # the check above compared intervals that are not [0, 0]
     table = format_ablation(rows)
@@ -259,10 +260,10 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
     weights[0, :, 1] = 0.3
     weights[1, :, 0] = 0.5
     weights[1, :, 2] = 0.4
-    real, tie = ((lambda p: DifferenceWithInterval(p, p - 1, p + 1)),
-                 (lambda p: DifferenceWithInterval(p, p - 2, p + 2)))
-    rows = [AblationRow(change, 50 + d.points, 50.0, d) for change, d in [
-        ("as trained", DifferenceWithInterval(0, 0, 0)), ("block 0: mean weights", tie(-1.0)),
+    real, tie = ((lambda p: Interval(p, p - 1, p + 1)),
+                 (lambda p: Interval(p, p - 2, p + 2)))
+    rows = [AblationRow(change, 50 + d.difference, 50.0, d) for change, d in [
+        ("as trained", Interval(0, 0, 0)), ("block 0: mean weights", tie(-1.0)),
         ("block 1: mean weights", real(-2.5)), ("every block: mean weights", real(-5.0)),
         ("block 0: without branch 0", tie(0.5)), ("block 0: without branch 1", real(-40.0)),
         ("block 0: without branch 2", tie(-0.2)), ("block 1: without branch 0", real(-38.0)),
@@ -279,12 +280,12 @@ def test_branch_use_and_the_closing_note_follow_the_numbers():
     assert note.endswith("the branch with the largest share is the costliest to remove in 2 of the 2 blocks "
                          "whose costliest removal stands out from the next one")
     # Block 1's two costliest removals made to overlap: a tie, not a ranking.
-    close = [AblationRow(r.change, r.accuracy, r.baseline, DifferenceWithInterval(-36.0, -39.0, -33.0))
+    close = [AblationRow(r.change, r.accuracy, r.baseline, Interval(-36.0, -39.0, -33.0))
              if r.change == "block 1: without branch 2" else r for r in rows]
     assert describe_ablation(close, weights).endswith(
         "in 1 of the 1 blocks whose costliest removal stands out from the next one; in block 1 the two "
         "costliest removals tie (their intervals overlap)")
-    ties = [AblationRow(row.change, 50.0, 50.0, DifferenceWithInterval(0, 0, 0)) for row in rows]
+    ties = [AblationRow(row.change, 50.0, 50.0, Interval(0, 0, 0)) for row in rows]
     assert describe_ablation(ties, weights).endswith("no removal costs accuracy beyond the noise: the "
                                                      "ablation cannot tell the branches apart")
     table = branch_use_table(weights, rows).splitlines()
