@@ -454,3 +454,37 @@ def effective_step(schedules: dict[str, tuple[Sequence[float], Sequence[float]]]
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def lr_range_tests(tests: Sequence, series_max_lr: float = 0.1) -> Figure:
+    """Training loss against the learning rate (log axis), one colour per nbhelpers.lr_range.RangeTest.
+
+    Each step's loss faint, the smoothed loss solid, its minimum a triangle; a dotted
+    line at each test's suggested max_lr and a dashed grey one at the series' max_lr.
+    """
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for test, color in zip(tests, palette):
+        ended = f", diverged at lr {test.diverged_at:.2g}" if test.diverged_at is not None else ""
+        ax.plot(test.lrs, test.losses, color=color, alpha=0.25, linewidth=0.7)
+        ax.plot(test.lrs, test.smoothed, color=color, linewidth=1.6,
+                label=f"{test.optimizer}: each step (faint), smoothed{ended}")
+        ax.plot(test.min_lr, min(test.smoothed), "v", color=color, markersize=8)
+        ax.axvline(test.suggested_max_lr, color=color, linestyle=":", linewidth=1.4,
+                   label=f"{test.optimizer}: suggested max_lr {test.suggested_max_lr:.2g} (minimum / 10)")
+    ax.axvline(series_max_lr, color="gray", linestyle="--", linewidth=1.2,
+               label=f"the series' max_lr {series_max_lr:g}")
+    # Single batches can spike far above the curves; the axis shows the curves.
+    top = max(max(test.smoothed) for test in tests)
+    bottom = min(min(test.losses) for test in tests)
+    ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.15 * (top - bottom))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (rising exponentially, one value per step)")
+    ax.set_ylabel("training loss (cross-entropy, nats)")
+    sizes = ", ".join(dict.fromkeys(test.size for test in tests))
+    ax.set_title(f"Learning-rate range test: {max(len(t.lrs) for t in tests)} steps at most, "
+                 f"size {sizes}, from the model's initialization", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
