@@ -9,8 +9,9 @@ the learning rate rises exponentially, step by step, from `start_lr` to
 `end_lr`; each step's training loss is recorded. At first the loss hardly
 moves (the rate is too small to matter), then it falls ever faster, then it
 turns and climbs: the rate has become too large. The test stops where the loss
-diverges. Notebook 05 runs it for Ranger and AdamW to ask whether the series'
-max_lr of 0.1 suits both optimizers, or whether one only survives it.
+diverges. It serves the series' comparison of optimizers (notebook 05): does
+the series' max_lr of 0.1 suit Ranger and AdamW both, or does one only survive
+it? (`at_suggested_max_lr` makes the sweep that asks.)
 
 Reading the curve. One batch's loss is noisy, so the curve read is fastai's:
 exponentially smoothed (beta 0.98) and bias-corrected like Adam's moments.
@@ -51,7 +52,7 @@ from .runtime import pick_device, seed_everything
 from .train import build_training, check_batch_size, train_epoch
 
 __all__ = ["RangeTest", "RangeTestError", "lr_range_test", "smoothed_losses", "divergence_step",
-           "SMOOTHING", "DIVERGED", "RECTIFIED"]
+           "at_suggested_max_lr", "SMOOTHING", "DIVERGED", "RECTIFIED"]
 
 SMOOTHING = 0.98   # fastai's beta for the running average of the loss
 DIVERGED = 4       # the smoothed loss at this many times its lowest value so far ends the test (fastai's)
@@ -143,6 +144,19 @@ def lr_range_test(optimizer: str = "ranger", *, size: str = "small", start_lr: f
     show.close()
     beta2 = built.param_groups[0]["betas"][1] if config.optimizer in RECTIFIED else None
     return _summarize(config.optimizer, config.size, lrs, losses, steps, beta2)
+
+
+def at_suggested_max_lr(test: RangeTest, against: str = "ranger") -> dict[str, dict[str, Any]]:
+    """A sweep's runs: test.optimizer at its own suggested max_lr, against `against` at the series' 0.1.
+
+    So that a comparison can tell an optimizer that wins from one that only
+    survives a max_lr too high for the other. Give it to nbhelpers.jobs.sweep
+    (make_sweep, or as a JSON file: `python -m nbhelpers.jobs.sweep FILE.json
+    --size small --seeds 5`); its runs share their seeds, so they pair.
+    """
+    return {against: {"optimizer": against},
+            f"{test.optimizer}-own-lr": {"optimizer": test.optimizer,
+                                         "max_lr": float(f"{test.suggested_max_lr:.3g}")}}
 
 
 def smoothed_losses(losses: list[float], beta: float = SMOOTHING) -> list[float]:

@@ -1,13 +1,14 @@
 """The lr range test: an exact exponential rise, the losses of the steps it took, a cut at divergence."""
 import math
 
+import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
 from nbhelpers.config import ConfigError, make_config
 from nbhelpers.data import CifarLoader, prepare_splits
-from nbhelpers.lr_range import RangeTestError, divergence_step, lr_range_test, smoothed_losses
+from nbhelpers.lr_range import (RangeTestError, at_suggested_max_lr, divergence_step, lr_range_test,
+                                smoothed_losses)
 from nbhelpers.runtime import seed_everything
 from nbhelpers.train import build_optimizer
 from nbhelpers.config import build_model
@@ -96,9 +97,26 @@ def test_the_figure_marks_each_suggestion_and_the_series_max_lr(synthetic_data):
     tests = [lr_range_test(name, start_lr=1e-4, end_lr=1e-1, steps=6, data=synthetic_data, **EXACT)
              for name in ("ranger", "adamw")]
     fig = plots.lr_range_tests(tests)
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log"
-    vertical = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() in (":", "--"))
+    ax, taken = fig.axes  # Ranger is damped by r_t: a second panel against lr x r_t
+    assert ax.get_xscale() == taken.get_xscale() == "log"
+    vertical = sorted(line.get_xdata()[0] for line in ax.lines
+                      if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1])
     assert vertical == pytest.approx(sorted([0.1] + [t.suggested_max_lr for t in tests]))
-    torch.testing.assert_close(torch.tensor(ax.lines[1].get_ydata(), dtype=torch.float64),
-                               torch.tensor(tests[0].smoothed, dtype=torch.float64))
+    smoothed = [line for line in ax.lines if list(line.get_ydata()) == list(tests[0].smoothed)]
+    assert [list(line.get_xdata()) for line in smoothed] == [list(tests[0].lrs)]
+    against = [line for line in taken.lines if list(line.get_ydata()) == list(tests[0].smoothed)]
+    assert np.array_equal(against[0].get_xdata(), tests[0].effective_lrs, equal_nan=True)
+    assert len(plots.lr_range_tests(tests[1:]).axes) == 1  # AdamW alone: nothing to re-read
+
+
+def test_a_sweep_of_an_optimizer_at_its_own_suggestion_against_ranger_runs_as_any_sweep(tmp_path):
+    from nbhelpers.jobs.sweep import make_sweep
+    from nbhelpers.lr_range import RangeTest
+    found = RangeTest("adamw", "small", (1e-3, 1e-2), (2.3, 2.2), (2.3, 2.25), 0.0123456, 0.00123456,
+                      0.005, None, None)
+    runs = at_suggested_max_lr(found)
+    sweep = make_sweep(runs, size="tiny", folder=tmp_path, seeds=2)
+    assert [(e.name, e.parameters["optimizer"], e.parameters.get("max_lr"), e.parameters["rand_seed"])
+            for e in sweep.entries] == [("ranger", "ranger", None, 1002), ("ranger-seed2", "ranger", None, 1003),
+                                        ("adamw-own-lr", "adamw", 0.00123, 1002),
+                                        ("adamw-own-lr-seed2", "adamw", 0.00123, 1003)]
