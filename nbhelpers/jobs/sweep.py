@@ -149,9 +149,9 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
                only: list[str] | tuple[str, ...] = (), seeds: int = 1) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
-    Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, on a CPU
-    small or the sweep's CPU_SIZE), the same data and seed, and its own folder under `folder` (default
-    runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
+    Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, on a
+    CPU small or the sweep's CPU_SIZE), the same data and seed, and its own folder under
+    `folder` (default runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
     by commas). `seeds=N` repeats every run with N seeds (rand_seed, rand_seed + 1, ...):
     the first keeps the run's name, the others are named <run>-seed2, <run>-seed3, ...
     """
