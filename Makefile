@@ -32,6 +32,12 @@ SWEEP ?= optimizers
 sweep: $(STAMP) ## the sweep 05 compares, 3 seeds a setting, resumable (SWEEP=parts for Ranger's parts)
 	$(PY) -m nbhelpers.jobs.sweep $(SWEEP) --seeds 3
 
+# The seed's question at the seed's step count: Ranger and AdamW, each stepped per batch and per
+# epoch, 3 seeds each (12 runs of 23,460 steps at the size long on a CPU: hours, resumable; full on a GPU).
+.PHONY: schedule
+schedule: $(STAMP)
+	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3
+
 # Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 3 seeds
 # (24 + 12 runs of the size small on a CPU; Ranger per batch is trained in both).
 compare: $(STAMP) ## notebook 05 on the sweeps optimizers and parts, training what is missing first

@@ -463,3 +463,68 @@ def effective_step(schedules: dict[str, tuple[Sequence[float], Sequence[float]]]
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def lr_range_tests(tests: Sequence, series_max_lr: float = 0.1) -> Figure:
+    """Training loss against the learning rate (log axis), one colour per nbhelpers.lr_range.RangeTest.
+
+    Each step's loss faint, the smoothed loss solid, its minimum a triangle; a dotted
+    line at each test's suggested max_lr and a broad grey one at the series' max_lr.
+    Where a test's optimizer is damped by RAdam's r_t (Ranger, RAdam), a second panel
+    draws the smoothed curves against the step Adam's update really got, lr x r_t.
+    """
+    damped = any(test.effective_lrs is not None for test in tests)
+    fig, axes = plt.subplots(1, 2 if damped else 1, figsize=(15 if damped else 9, 4.6),
+                             sharey=True, squeeze=False)
+    ax = axes[0][0]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # Broad and pale, so that a suggestion that falls on it stays visible on top.
+    ax.axvline(series_max_lr, color="gray", linewidth=5, alpha=0.35,
+               label=f"the series' max_lr {series_max_lr:g}")
+    for test, color in zip(tests, palette):
+        ended = f"; diverged at lr {test.diverged_at:.2g}" if test.diverged_at is not None else ""
+        ax.plot(test.lrs, test.losses, color=color, alpha=0.25, linewidth=0.7)
+        ax.plot(test.lrs, test.smoothed, color=color, linewidth=1.6,
+                label=f"{test.optimizer}: each step (faint), smoothed{ended}")
+        ax.plot(test.min_lr, min(test.smoothed), "v", color=color, markersize=8)
+        ax.axvline(test.suggested_max_lr, color=color, linestyle=":", linewidth=1.6,
+                   label=f"{test.optimizer}: suggested max_lr {test.suggested_max_lr:.2g} "
+                         f"(the minimum {test.min_lr:.2g} / 10)")
+    ax.set_xlabel("learning rate (rising exponentially, one value per step)")
+    ax.set_title(f"Range test: loss against lr ({max(len(t.lrs) for t in tests)} steps at most, "
+                 f"size {', '.join(dict.fromkeys(t.size for t in tests))})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    if damped:
+        _against_the_step_taken(axes[0][1], tests, palette)
+    ax.set_ylim(*_range_test_window(tests))
+    ax.set_ylabel("training loss (cross-entropy, nats)")
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _against_the_step_taken(ax, tests: Sequence, palette: Sequence[str]) -> None:
+    """The smoothed curves against lr x r_t (lr itself for optimizers that r_t does not damp)."""
+    for test, color in zip(tests, palette):
+        taken = test.effective_lrs if test.effective_lrs is not None else test.lrs
+        what = "lr x r_t" if test.effective_lrs is not None else "lr (nothing damps it)"
+        ax.plot(taken, test.smoothed, color=color, linewidth=1.6, label=f"{test.optimizer}: against {what}")
+        ax.plot(taken[test.lrs.index(test.min_lr)], min(test.smoothed), "v", color=color, markersize=8)
+    ax.set_xlabel("the step Adam's update really got: lr x r_t (RAdam's first 5 steps have none)")
+    ax.set_title("The same smoothed curves against the step really taken", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def _range_test_window(tests: Sequence) -> tuple[float, float]:
+    """Loss limits that show the curves' fall and the start of their rise, not every spike.
+
+    A range test ends at 4x its lowest smoothed loss, and single batches spike past
+    that, while the fall worth reading may be a tenth of a nat: the window is the
+    fall, with twice its height above the start for the rise.
+    """
+    start = max(test.smoothed[0] for test in tests)
+    low = min(min(test.smoothed) for test in tests)
+    fall = max(start - low, 0.05 * start)
+    return low - fall, start + 2 * fall

@@ -100,3 +100,36 @@ def test_bf16_counts_as_fast_where_it_was_measured_faster(monkeypatch, vendor, f
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     monkeypatch.setattr(runtime, "cpu_vendor", lambda: vendor)
     assert runtime.cpu_has_fast_bf16() is fast
+
+
+# --- the sizes (nbhelpers.config.SIZES) ---
+
+def test_long_runs_the_seeds_23460_steps_and_its_schedule_exactly():
+    """60 epochs of 391 batches of 128 over all 50,000 training images, all 10,000 test images."""
+    import torch
+    from nbhelpers.compare import peak_of
+    from nbhelpers.config import SIZES, WHAT
+    from nbhelpers.data import CifarLoader, Split
+    from nbhelpers.train import learning_rates
+    long, full = make_config(size="long"), make_config(size="full")
+    assert (long.train_subset, long.test_subset) == (0, 0)  # every image of both splits
+    everything = Split(torch.zeros(50_000, 3, 1, 1, dtype=torch.uint8), torch.zeros(50_000, dtype=torch.long))
+    steps_per_epoch = len(CifarLoader(everything, long.batch_size, train=True))
+    assert steps_per_epoch * long.num_epochs == 23_460
+    # The seed's recipe and schedule: only the width (and the head's) differ from full.
+    differ = {k for k, v in long.to_dict().items() if full.to_dict()[k] != v}
+    assert differ == {"size", "backbone_out_channels", "hidden_size"}
+    assert long.backbone_out_channels < SIZES["demo"]["backbone_out_channels"]
+    assert f"width {long.backbone_out_channels}," in WHAT["long"]
+    # Where the schedule peaks, RAdam's r_t is near 1 (at demo's length it is far below).
+    lrs = learning_rates(long, steps_per_epoch)
+    assert len(lrs) == 23_460 and peak_of(lrs).r_t > 0.99
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_auto_never_picks_long_which_is_asked_for_by_name(device, sweep):
+    from nbhelpers.config import pick_size
+    assert pick_size("auto", device, sweep=sweep) != "long"
+    assert pick_size("long", device, sweep=sweep) == "long"
+    assert make_config(size="LONG ").size == "long"

@@ -163,3 +163,30 @@ def test_with_several_gpus_runs_go_one_per_gpu_at_a_time(monkeypatch, tmp_path):
     sweep = _sweep(tmp_path, "", **{f"run{i}": SMALL for i in range(6)})
     assert S.run_sweep(sweep, gpus=["0", "1"]) == {f"run{i}": "ran" for i in range(6)}
     assert set(seen.values()) == {"0", "1"}
+
+
+def test_the_schedule_sweep_is_ranger_and_adamw_per_batch_and_per_epoch_at_long_on_a_cpu(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    sweep = S.make_sweep("schedule", seeds=3)
+    assert sweep.name == "schedule-long" and len(sweep.entries) == 12
+    settings = {(e.parameters["optimizer"], e.parameters["scheduler_step"]) for e in sweep.entries}
+    assert settings == {(o, s) for o in ("ranger", "adamw") for s in ("batch", "epoch")}
+    assert {e.parameters["size"] for e in sweep.entries} == {"long"}
+    # "auto" only: a size asked for by name is kept, and the other sweeps stay small without a GPU.
+    assert S.make_sweep("schedule", size="small").name == "schedule-small"
+    assert S.make_sweep("optimizers").name == "optimizers-small"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert S.make_sweep("schedule").name == "schedule-full"
+
+
+def test_a_job_array_that_ends_before_the_sweeps_last_run_says_so(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "7")  # the script's default --array=0-7
+    with pytest.raises(SystemExit, match="--index 12: schedule-long has runs 0 to 11"):
+        S.main(["schedule", "--seeds", "3", "--index", "12"])
+    assert "warning: this job array ends at task 7, but schedule-long has runs 0 to 11 (--list): " \
+           "submit it with --array=0-11, or the rest with --array=8-11" in capsys.readouterr().err
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "11")
+    with pytest.raises(SystemExit):
+        S.main(["schedule", "--seeds", "3", "--index", "12"])
+    assert "warning" not in capsys.readouterr().err

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import NOT_CHANGING_THE_NUMBERS, SIZES, TrainConfig, make_config, pick_size, unknown_names
+from ..config import (AUTO, NOT_CHANGING_THE_NUMBERS, SIZES, TrainConfig, check_value, make_config,
+                      pick_size, unknown_names)
 from ..errors import ExplainedError
 from ..runs.load import load_runs
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
@@ -62,7 +63,14 @@ SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
     "parts": grid(optimizer=("ranger", "ranger_no_lookahead", "ranger_no_gc", "radam")),
     # The seed's branch mixing against normalized ones and none (notebook 06)
     "mixing": grid(mixing=("seed", "softmax", "sigmoid", "equal")),
+    # The seed's question at the seed's step count: was stepping per epoch harmful over 23,460
+    # steps, for Ranger and for AdamW (which no r_t damps)? On a CPU at the size long (CPU_SIZE).
+    "schedule": grid(optimizer=("ranger", "adamw"), scheduler_step=("batch", "epoch")),
 }
+
+# What "auto" means on a CPU for a sweep whose question needs another size than small; on a
+# CUDA GPU "auto" is full for every sweep (the seed's own steps at the seed's width).
+CPU_SIZE = {"schedule": "long"}
 
 
 class SweepError(ExplainedError, RuntimeError):
@@ -146,14 +154,14 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
                only: list[str] | tuple[str, ...] = (), seeds: int = 1) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
-    Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, small
-    on a CPU), the same data and seed, and its own folder under `folder` (default
-    runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
+    Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, on a
+    CPU small or the sweep's CPU_SIZE), the same data and seed, and its own folder under
+    `folder` (default runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
     by commas). `seeds=N` repeats every run with N seeds (rand_seed, rand_seed + 1, ...):
     the first keeps the run's name, the others are named <run>-seed2, <run>-seed3, ...
     """
     name, choices = _named_runs(runs)
-    size = _pick_size(size)
+    size = _pick_size(size, name)
     if isinstance(only, str):  # papermill's -p only a,b passes one string
         only = [run_name.strip() for run_name in only.split(",") if run_name.strip()]
     unknown = sorted(set(only) - set(choices))
@@ -328,11 +336,15 @@ def _checked_runs(source: str, choices: Any) -> dict[str, dict[str, Any]]:
     return choices
 
 
-def _pick_size(size: str) -> str:
+def _pick_size(size: str, sweep: str) -> str:
     try:
-        return pick_size(size, sweep=True)
+        picked = pick_size(size, sweep=True)
+        asked = check_value("size", size)
     except ExplainedError as error:  # one message, in the sweep's words
         raise SweepError(str(error)) from None
+    if asked == AUTO and picked == "small":  # "auto" without a GPU
+        return CPU_SIZE.get(sweep, picked)
+    return picked
 
 
 def _clear_a_start_without_epochs(run_dir: Path) -> None:
@@ -383,6 +395,19 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _warn_of_a_short_job_array(sweep: Sweep) -> None:
+    """A Slurm job array that ends before the sweep's last entry would leave runs out, silently.
+
+    (One that goes past it fails in its extra tasks: --index says which runs there are.)
+    """
+    last_task = os.environ.get("SLURM_ARRAY_TASK_MAX", "")
+    last_entry = len(sweep.entries) - 1
+    if last_task.isdigit() and int(last_task) < last_entry:
+        print(f"warning: this job array ends at task {last_task}, but {sweep.name} has runs 0 to "
+              f"{last_entry} (--list): submit it with --array=0-{last_entry}, or the rest with "
+              f"--array={int(last_task) + 1}-{last_entry}", file=sys.stderr, flush=True)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -399,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                   for name, runs in SWEEPS.items()))
     parser.add_argument("sweep", nargs="?", default="optimizers",
                         help="a sweep's name, or a JSON file {run name: {parameter: value}}")
-    parser.add_argument("--size", default="auto", help="auto (full on a GPU, small on a CPU), "
+    parser.add_argument("--size", default="auto", help="auto (full on a GPU; on a CPU small, or "
+                        + ", ".join(f"{size} for {name}" for name, size in CPU_SIZE.items()) + "), "
                         + ", ".join(SIZES) + " (nbhelpers.config.SIZES)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="repeat every run with this many seeds (rand_seed, rand_seed + 1, ...)")
@@ -424,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
             for entry in sweep.entries:
                 print(shlex.join(entry.command()))
         elif args.index is not None:
+            _warn_of_a_short_job_array(sweep)
             if not 0 <= args.index < len(sweep.entries):
                 raise SweepError(f"--index {args.index}: {sweep.name} has runs 0 to {len(sweep.entries) - 1}")
             run_entry(sweep.entries[args.index])
