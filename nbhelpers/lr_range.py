@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .compare import effective_learning_rates
+from .ranger_parts import effective_learning_rates
 from .config import make_config, pick_size
 from .data import CIFAR10Data, CifarLoader, load_cifar10, prepare_splits
 from .errors import ExplainedError

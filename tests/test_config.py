@@ -107,7 +107,7 @@ def test_bf16_counts_as_fast_where_it_was_measured_faster(monkeypatch, vendor, f
 def test_long_runs_the_seeds_23460_steps_and_its_schedule_exactly():
     """60 epochs of 391 batches of 128 over all 50,000 training images, all 10,000 test images."""
     import torch
-    from nbhelpers.compare import peak_of
+    from nbhelpers.ranger_parts import peak_of
     from nbhelpers.config import SIZES, WHAT
     from nbhelpers.data import CifarLoader, Split
     from nbhelpers.train import learning_rates
