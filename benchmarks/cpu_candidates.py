@@ -37,9 +37,8 @@ import types
 import torch
 import torch.nn.functional as F
 
-from common import machine, write_results
+from common import machine, training_step, write_results
 from nbhelpers import model as model_module
-from profile_step import training_step_runner
 
 SLOPE = 0.01  # LeakyReLU's default negative slope, as in the seed
 
@@ -110,6 +109,9 @@ class Kernels:
     """The pieces above, plain or compiled (one compiled function each, static shapes)."""
 
     def __init__(self, compiled: bool):
+        # One compiled version per block shape and width: more than dynamo's default of
+        # 8 per function, after which it would run the pieces uncompiled.
+        torch._dynamo.config.recompile_limit = 64
         pieces = (pool_max, pool_min, affine_leaky, pooled_grads, pair_up, conv_output_grad)
         for piece in pieces:
             setattr(self, piece.__name__, torch.compile(piece, dynamic=False) if compiled else piece)
@@ -225,10 +227,9 @@ def candidate_runner(name: str, width: int, batch: int, steps: int):
             change(self)
         model_module.Model.__init__ = build_then_change
     try:
-        run, _ = training_step_runner(width, batch, steps, torch.device("cpu"), **how)
+        return training_step(width, batch, steps, torch.device("cpu"), **how)["epoch"]
     finally:
         model_module.Model.__init__ = original
-    return run
 
 
 def check_exact(name: str, width: int = 8) -> float:
@@ -306,7 +307,7 @@ def main() -> None:
                   f"{row['wall_ms_per_step']:7.1f} ms wall/step ({row['speedup_wall']:.2f}x)  "
                   f"first epoch {row['first_epoch_s']:.0f} s")
     results["load_average_after"] = os.getloadavg()
-    write_results("cpu_candidates_cpu", results)
+    write_results("cpu_candidates_cpu_w" + "_".join(map(str, args.widths)), results)
 
 
 if __name__ == "__main__":

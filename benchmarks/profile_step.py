@@ -21,13 +21,10 @@ import torch
 import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
-from common import machine, write_results
-from nbhelpers.config import make_config
-from nbhelpers.data import CifarLoader, Split
-from nbhelpers.runtime import pick_device, seed_everything
-from nbhelpers.train import build_scheduler, build_training, train_epoch
+from common import machine, training_step, write_results
+from nbhelpers.runtime import pick_device
 
-# Operator name (without "aten::") -> group, first match wins; the rest is "elementwise and other".
+# Operator name (without "aten::") -> group, first match wins; the rest is "other".
 GROUPS = [
     ("convolution backward", ("convolution_backward", "mkldnn_convolution_backward",
                               "_convolution_backward")),
@@ -38,7 +35,13 @@ GROUPS = [
                             "_batch_norm_impl_index", "_batch_norm_with_update")),
     ("max-pooling backward", ("max_pool2d_with_indices_backward",)),
     ("max-pooling forward", ("max_pool2d_with_indices", "max_pool2d")),
+    ("LeakyReLU", ("leaky_relu", "leaky_relu_", "leaky_relu_backward")),
     ("linear layers (matmul)", ("addmm", "mm", "bmm", "linear", "matmul")),
+    ("copies, casts, fills", ("copy_", "_to_copy", "to", "fill_", "zero_", "zeros", "zeros_like",
+                              "empty", "empty_like", "empty_strided", "clone", "contiguous")),
+    ("products and sums (mixing, dropout, loss)", ("mul", "mul_", "add", "add_", "addcmul", "addcmul_",
+                                                   "sum", "mean", "div", "div_", "sub", "sub_")),
+    ("data (crop, flip, gather)", ("index_select", "gather", "where", "flip", "randperm")),
     ("compiled (inductor) kernels", ("cpp_fused", "Torch-Compiled Region", "CompiledFunction",
                                      "graph_", "kernel_cpp", "inductor")),
 ]
@@ -50,7 +53,7 @@ def group_of(name: str) -> str:
         if any(bare == n or (n in ("cpp_fused", "graph_", "kernel_cpp", "inductor") and n in bare)
                or (n[0].isupper() and bare.startswith(n)) for n in names):
             return group
-    return "elementwise and other"
+    return "other"
 
 
 def phase_of(event) -> str:
@@ -65,34 +68,12 @@ def phase_of(event) -> str:
     return "forward and data"
 
 
-def random_split(images: int) -> Split:
-    """Random uint8 images: a step's time does not depend on what they show."""
-    generator = torch.Generator().manual_seed(0)
-    return Split(torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=generator),
-                 torch.randint(0, 10, (images,), generator=generator))
-
-
-def training_step_runner(width: int, batch: int, steps: int, device: torch.device, **how):
-    """A function that runs `steps` of fit's training step at `width`, and what "auto" resolved."""
-    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2),
-                         batch_size=batch, **how)
-    seed_everything(config.rand_seed)
-    _, step_model, optimizer, chosen = build_training(config, device)
-    loader = CifarLoader(random_split(steps * batch), batch, train=True, device=device, seed=1)
-    scheduler = build_scheduler(optimizer, config, steps * 50)  # never runs past its last step
-
-    def run():
-        train_epoch(step_model, loader, optimizer, scheduler, per_batch=True,
-                    precision=chosen["precision"], channels_last=chosen["channels_last"])
-    return run, chosen
-
-
 def profile_width(width: int, batch: int, steps: int, device: torch.device, how: dict) -> dict:
-    run, chosen = training_step_runner(width, batch, steps, device, **how)
-    run()  # warm-up: compilation, oneDNN's kernel choices, the allocator's growth
-    run()
+    step = training_step(width, batch, steps, device, **how)
+    step["epoch"]()  # warm-up: compilation, oneDNN's kernel choices, the allocator's growth
+    step["epoch"]()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
+        step["epoch"]()
     by_name, by_group = collections.Counter(), collections.Counter()
     by_phase = collections.Counter()
     for event in prof.events():
@@ -104,7 +85,7 @@ def profile_width(width: int, batch: int, steps: int, device: torch.device, how:
         by_phase[phase_of(event)] += own
     total = sum(by_name.values())
     share = lambda counter: {k: v / total for k, v in counter.most_common()}
-    return {"width": width, "resolved": chosen, "profiled_ms_per_step": total / steps / 1e3,
+    return {"width": width, "resolved": step["chosen"], "profiled_ms_per_step": total / steps / 1e3,
             "groups": share(by_group), "phases": share(by_phase),
             "operators": dict(list(share(by_name).items())[:25])}
 
