@@ -1,6 +1,6 @@
 """Where a training step's time goes, by operator: torch.profiler over `fit`'s own step.
 
-    python benchmarks/profile_step.py [--widths 8 16 32] [--steps 12]
+    python benchmarks/profile_step.py [--widths 8 16 32] [--steps 12] [--threads N] [--name NAME]
                                       [--precision auto] [--channels-last auto] [--compile auto]
 
 For each width it builds what `fit` builds (build_training with the config's
@@ -9,9 +9,10 @@ images for a warm-up epoch (and compilation, if chosen), then profiles
 `--steps` steps. Every operator's own time (self CPU time, not counting the
 operators it calls) is summed by name and by group (convolution forward,
 batch norm backward, ...), and each is printed as a share of the whole
-profile. On a shared machine read the shares, not the times: the load
-stretches every operator about alike. Results go to
-benchmarks/results/profile_step_<device>.json.
+profile. On a shared machine read the shares, not the times, and profile
+one thread: with two threads on two busy cores, OpenMP's threads spin at
+every operator's barrier and small operators look far larger than they are.
+Results go to benchmarks/results/profile_step_<device>[_<name>].json.
 """
 import argparse
 import collections

@@ -257,7 +257,9 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
         print(f"speedup vs the seed: {results['speedup_vs_seed']:.2f}x")
     if "speedup_vs_old_cpu_default" in results:
         print(f"speedup vs the old CPU default: {results['speedup_vs_old_cpu_default']:.2f}x")
-    write_results(f"train_step_{device.type}_w{width}", results)
+    # On a CPU the file names the thread count and the clock: a shared machine's runs differ in both.
+    how = "" if cuda else f"_{torch.get_num_threads()}t_{results['clock']}"
+    write_results(f"train_step_{device.type}_w{width}{how}", results)
 
 
 if __name__ == "__main__":
