@@ -11,9 +11,12 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from nbhelpers.data import (CIFAR10DataError, FOLDER, UnofficialCopyWarning, load_cifar10,
-                            write_synthetic_cifar10)
-from nbhelpers.runtime import PROJECT_ROOT, cpu_has_fast_bf16, cpu_model, device_name, synchronize
+from nbhelpers.config import make_config
+from nbhelpers.data import (CIFAR10DataError, FOLDER, CifarLoader, Split, UnofficialCopyWarning,
+                            load_cifar10, write_synthetic_cifar10)
+from nbhelpers.runtime import (PROJECT_ROOT, cpu_has_fast_bf16, cpu_model, device_name, seed_everything,
+                               synchronize)
+from nbhelpers.train import build_scheduler, build_training, train_epoch
 
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 
@@ -35,12 +38,14 @@ def cifar10(allow_synthetic: bool = True):
 
 
 def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: int = 2,
-            statistic=statistics.median) -> dict:
+            statistic=statistics.median, clock=time.perf_counter) -> dict:
     """Wall seconds of each function (median of the repeats), timed in alternation.
 
     Alternating A, B, A, B... spreads any slow phase of a shared machine over
     every contender instead of charging it to whichever ran then. Device work
     is included. `statistic=min` estimates a cost that noise can only add to.
+    `clock=time.process_time` counts this process's CPU seconds instead: with
+    one thread, the time other programs hold the CPU is left out.
     """
     for function in functions.values():
         for _ in range(warmup):
@@ -49,11 +54,41 @@ def compare(functions: dict, device: torch.device, repeats: int = 10, warmup: in
     times = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start = clock()
             function()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistic(values) for name, values in times.items()}
+
+
+def random_split(images: int) -> Split:
+    """Random uint8 images: a step's time does not depend on what they show."""
+    generator = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                 torch.randint(0, 10, (images,), generator=generator))
+
+
+def training_step(width: int, batch: int, steps: int, device: torch.device, images: Split | None = None,
+                  **how) -> dict:
+    """fit's training loop at `width`, ready to time: "epoch" runs `steps` training steps.
+
+    Also in the dict: what "auto" resolved ("chosen"), the config, the loader, the
+    model as it runs ("step_model") and train_epoch's options. `images` (default:
+    random ones; a step's time does not depend on what they show) must hold at
+    least steps x batch images; `how` overrides the config's "auto" choices.
+    """
+    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2),
+                         batch_size=batch, **how)
+    seed_everything(config.rand_seed)
+    _, step_model, optimizer, chosen = build_training(config, device)
+    images = images or random_split(steps * batch)
+    loader = CifarLoader(Split(images.images[:steps * batch], images.labels[:steps * batch]), batch,
+                         train=True, device=device, seed=1)
+    scheduler = build_scheduler(optimizer, config, steps * 50)  # never runs past its last step
+    options = dict(per_batch=True, precision=chosen["precision"], channels_last=chosen["channels_last"])
+    return {"epoch": lambda: train_epoch(step_model, loader, optimizer, scheduler, **options),
+            "chosen": chosen, "config": config, "loader": loader, "step_model": step_model,
+            "options": options}
 
 
 class SeedCIFAR10(torchvision.datasets.CIFAR10):

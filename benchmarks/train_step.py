@@ -1,6 +1,6 @@
 """Seconds per training step and per epoch: the seed's formulation vs nbhelpers' default path.
 
-    python benchmarks/train_step.py [--device cpu|cuda] [--width N] [--steps N]
+    python benchmarks/train_step.py [--device cpu|cuda] [--widths N ...] [--steps N] [--threads N]
 
 (a) the seed as written: its model (dead branch, torch.jit.fork), fp32,
     deterministic cuDNN, the per-parameter Ranger, torchvision's DataLoader
@@ -9,45 +9,50 @@
     bf16 autocast, channels_last and torch.compile where the device is CUDA
     (on a CPU: channels_last, and bf16 where the CPU has it natively), Ranger
     on flat buffers, sums kept on the device;
-(c) on a CPU also nbhelpers' former CPU default (fp32, NCHW), to show what
-    the per-CPU "auto" choice gains.
-Both include OneCycleLR. It prints the ratio, the TFLOP/s of each, and the
-fraction of this device's own matmul rate measured in the same run (bf16 on
-CUDA, fp32 on a CPU), and it measures nbhelpers' overhead outside forward,
-backward and the optimizer (data, metrics, logging). On CUDA it also counts
-host-device synchronisations inside the training loop
-(torch.cuda.set_sync_debug_mode). Results go to benchmarks/results/.
+(c) on a CPU also nbhelpers' former CPU default (fp32, NCHW) and the precision
+    "auto" did not choose, to show what the per-CPU choice gains.
+The rows of (b) and (c) are timed in alternation in one process (a slow phase
+of a shared machine hits all of them), and each row's figure is the median of
+the repeats. It prints the ratios, the TFLOP/s of each, and the fraction of
+this device's own matmul rate measured in the same run (bf16 and fp32), the
+evaluation of the 10,000 test images, and what one run of the `long` size
+(the seed's 23,460 steps and 60 evaluations) would take at that speed. It
+measures nbhelpers' overhead outside forward, backward and the optimizer
+(data, metrics, logging). On CUDA it also counts host-device synchronisations
+inside the training loop (torch.cuda.set_sync_debug_mode). Results go to
+benchmarks/results/.
 """
 import argparse
+import os
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from common import cifar10, compare, machine, seed_train_loader, synchronize, write_results
+from common import (cifar10, compare, machine, seed_train_loader, synchronize, training_step,
+                    write_results)
 from nbhelpers.config import build_model, make_config
-from nbhelpers.data import CifarLoader, Split
 from nbhelpers.model import count_flops
 from nbhelpers.runtime import pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
 from nbhelpers.evaluation import evaluate
-from nbhelpers.train import build_scheduler, build_training, train_epoch
+from nbhelpers.train import build_scheduler, train_epoch
 
 
-def matmul_rate(device: torch.device) -> tuple[float, str]:
-    """FLOP/s of a large matrix product on this device (bf16 on CUDA, fp32 on a CPU)."""
-    size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+def matmul_rate(device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> float:
+    """FLOP/s of a large matrix product in `dtype` on this device."""
+    size = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
     synchronize(device)
     repeats = 20 if device.type == "cuda" else 5
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeats):
         a @ b
     synchronize(device)
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start), str(dtype).split(".")[-1]
+    return 2 * size ** 3 * repeats / (clock() - start)
 
 
 def seed_path(width: int, batch: int, steps: int, device, root, repeats: int) -> float:
@@ -91,126 +96,170 @@ class ConstantLogits(torch.nn.Module):
 
 # Before "auto" chose per CPU, a CPU ran in fp32 with NCHW tensors; kept as a row to compare.
 OLD_CPU_DEFAULT = dict(precision="fp32", channels_last=False)
+# Issue 31's size `long`: the seed's 60 epochs of 391 steps (batch 128, all 50,000 images).
+LONG_STEPS, LONG_EVALUATIONS = 23_460, 60
 
 
-def nbhelpers_path(width, batch, steps, device, data, check_syncs: bool, repeats: int,
-                   **overrides) -> dict:
-    """Seconds per step of fit's loop, its overhead, and the evaluation of the test set."""
-    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch,
-                         **overrides)
-    seed_everything(config.rand_seed)
-    model, step_model, optimizer, chosen = build_training(config, device)
-    subset = Split(data.train.images[:steps * batch], data.train.labels[:steps * batch])
-    loader = CifarLoader(subset, batch, train=True, device=device, seed=1)
-    scheduler = build_scheduler(optimizer, config, steps)
-    options = dict(per_batch=True, precision=chosen["precision"], channels_last=chosen["channels_last"])
+def nbhelpers_training(width, batch, steps, device, data, **overrides) -> dict:
+    """fit's training loop at `width` on CIFAR-10's first images, and the evaluation of its test set."""
+    training = training_step(width, batch, steps, device, data.train, **overrides)
+    chosen, step_model = training["chosen"], training["step_model"]
+    training["evaluation"] = lambda: evaluate(step_model, data.test, device, chosen["precision"],
+                                              chosen["channels_last"])
+    return training
 
-    def full_epoch():
-        train_epoch(step_model, loader, optimizer, scheduler, **options)
 
-    # The loop's own work (batches, metrics, progress) measured directly: the
-    # same train_epoch with a model and optimizer that cost next to nothing.
-    # (Timing the real loop against a bare one instead drowns a 1% effect in
-    # the few-percent noise of a shared CPU.)
+def loop_overhead(training: dict, steps: int, device, repeats: int, clock=time.perf_counter) -> float:
+    """Seconds per step of fit's loop itself (batches, metrics, progress), outside the model's work.
+
+    Measured directly: the same train_epoch with a model and optimizer that cost
+    next to nothing. (Timing the real loop against a bare one instead drowns a
+    1% effect in the few-percent noise of a shared CPU.) Noise only adds time,
+    so the fastest epoch counts.
+    """
     stand_in = ConstantLogits().to(device)
     stand_in_optimizer = torch.optim.SGD(stand_in.parameters(), lr=0.0)
-    stand_in_scheduler = build_scheduler(stand_in_optimizer, config, steps)
+    stand_in_scheduler = build_scheduler(stand_in_optimizer, training["config"], steps)
+    timings = compare({"loop": lambda: train_epoch(stand_in, training["loader"], stand_in_optimizer,
+                                                   stand_in_scheduler, **training["options"])},
+                      device, repeats=repeats, warmup=1, statistic=min, clock=clock)
+    return timings["loop"] / steps
 
-    def loop_only_epoch():
-        train_epoch(stand_in, loader, stand_in_optimizer, stand_in_scheduler, **options)
 
-    # Warm-up (compilation, cuDNN's choices, allocator growth), then both in
-    # alternation; noise on a shared machine only adds time, so the fastest
-    # epoch of each is its cost.
-    timings = compare({"full": full_epoch, "loop": loop_only_epoch}, device, repeats=repeats,
-                      warmup=1, statistic=min)
-    per_step, loop_per_step = timings["full"] / steps, timings["loop"] / steps
+def host_syncs(training: dict) -> int:
+    """Host-device synchronisations in one CUDA training epoch."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            training["epoch"]()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return len([w for w in caught if "synchroniz" in str(w.message).lower()])
 
-    syncs = None
-    if check_syncs:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                train_epoch(step_model, loader, optimizer, scheduler, **options)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = len([w for w in caught if "synchroniz" in str(w.message).lower()])
 
-    evaluate(step_model, data.test, device, chosen["precision"], chosen["channels_last"])
-    synchronize(device)
-    start = time.perf_counter()
-    evaluate(step_model, data.test, device, chosen["precision"], chosen["channels_last"])
-    synchronize(device)
-    return {"per_step": per_step, "loop_only_per_step": loop_per_step,
-            "overhead": loop_per_step / per_step,
-            "syncs_in_epoch_of_%d_steps" % steps: syncs,
-            "eval_seconds": time.perf_counter() - start, **chosen}
+def nbhelpers_rows(rows: dict[str, dict], width, batch, steps, device, data, repeats: int,
+                   clock=time.perf_counter) -> dict:
+    """Each row (a name and its overrides of the "auto" choices): seconds per step and per evaluation.
+
+    All rows are timed in alternation after a warm-up epoch each (compilation,
+    oneDNN's and cuDNN's choices, the allocator's growth); each figure is the
+    median of the repeats.
+    """
+    built = {name: nbhelpers_training(width, batch, steps, device, data, **overrides)
+             for name, overrides in rows.items()}
+    epochs = compare({name: b["epoch"] for name, b in built.items()}, device, repeats=repeats, warmup=1,
+                     clock=clock)
+    evaluations = compare({name: b["evaluation"] for name, b in built.items()}, device,
+                          repeats=max(3, repeats // 2), warmup=1, clock=clock)
+    return {name: {"per_step": epochs[name] / steps, "eval_seconds": evaluations[name],
+                   **built[name]["chosen"], "training": built[name]} for name in rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
-    parser.add_argument("--width", type=int, default=None, help="default: 1024 on CUDA, 32 elsewhere")
+    parser.add_argument("--widths", type=int, nargs="+", default=None,
+                        help="default: 1024 on CUDA, 32 elsewhere")
     parser.add_argument("--steps", type=int, default=None, help="default: 60 on CUDA, 15 elsewhere")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each loop (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed epochs of each row (the median counts)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU seconds of this process instead of wall seconds (with --threads 1: "
+                             "what other programs on a shared machine take is left out)")
     parser.add_argument("--skip-seed", action="store_true", help="only nbhelpers' path")
+    parser.add_argument("--only-default", action="store_true", help="on a CPU, no rows to compare with")
     args = parser.parse_args()
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    width = args.width or (1024 if cuda else 32)
     steps = args.steps or (60 if cuda else 15)
     data = cifar10()
     steps_per_epoch = -(-len(data.train) // args.batch)
+    if args.cpu_time and (cuda or not args.skip_seed):
+        parser.error("--cpu-time times CPU work only: use it on a CPU with --skip-seed "
+                     "(the seed's DataLoader works in other processes)")
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    peaks = {dtype: matmul_rate(device, getattr(torch, dtype), clock) for dtype in ("bfloat16", "float32")}
+    for width in args.widths or [1024 if cuda else 32]:
+        run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock)
+
+
+def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -> None:
+    cuda = device.type == "cuda"
     with torch.device("meta"):
         flops = count_flops(build_model(make_config(backbone_out_channels=width,
                                                     hidden_size=max(64, width // 2))))
     flop_per_step = flops["train_step"] * args.batch
-    peak, peak_dtype = matmul_rate(device)
-
-    results = {"machine": machine(device), "width": width, "batch": args.batch, "steps": steps,
-               "gflop_per_image_step": flops["train_step"] / 1e9,
-               "matmul_tflops": peak / 1e12, "matmul_dtype": peak_dtype}
-    ours = nbhelpers_path(width, args.batch, steps, device, data, check_syncs=cuda, repeats=args.repeats)
-    results["nbhelpers"] = dict(ours, seconds_per_epoch=ours["per_step"] * steps_per_epoch + ours["eval_seconds"],
-                                tflops=flop_per_step / ours["per_step"] / 1e12)
-    label = f"default ({ours['precision']}, {'NHWC' if ours['channels_last'] else 'NCHW'})"
-    rows = [(label, results["nbhelpers"])]
-    if device.type == "cpu":
+    results = {"machine": machine(device), "load_average": os.getloadavg(), "width": width,
+               "clock": "cpu" if args.cpu_time else "wall",
+               "batch": args.batch, "steps": steps, "gflop_per_image_step": flops["train_step"] / 1e9,
+               "gflop_per_step": flop_per_step / 1e9,
+               "matmul_tflops": peaks["bfloat16"] / 1e12, "matmul_dtype": "bfloat16",
+               "matmul_tflops_fp32": peaks["float32"] / 1e12}
+    rows = {"default": {}}
+    if not cuda and not args.only_default:
         # What "auto" gained on this CPU over the fp32 NCHW default it replaced, and
         # the precision it did not choose (is bf16 faster here, as it assumes or not?).
-        old = nbhelpers_path(width, args.batch, steps, device, data, check_syncs=False,
-                             repeats=args.repeats, **OLD_CPU_DEFAULT)
-        results["nbhelpers_old_cpu_default"] = dict(old, tflops=flop_per_step / old["per_step"] / 1e12)
-        results["speedup_vs_old_cpu_default"] = old["per_step"] / ours["per_step"]
-        rows.insert(0, ("old default (fp32, NCHW)", results["nbhelpers_old_cpu_default"]))
-        other = "fp32" if ours["precision"] == "bf16" else "bf16"
-        alternative = nbhelpers_path(width, args.batch, steps, device, data, check_syncs=False,
-                                     repeats=args.repeats, precision=other, channels_last=True)
-        results[f"nbhelpers_{other}_nhwc"] = dict(alternative,
-                                                  tflops=flop_per_step / alternative["per_step"] / 1e12)
-        rows.append((f"not chosen ({other}, NHWC)", results[f"nbhelpers_{other}_nhwc"]))
+        chosen = make_config().resolved(device)
+        other = "fp32" if chosen["precision"] == "bf16" else "bf16"
+        rows["old_cpu_default"] = OLD_CPU_DEFAULT
+        rows[f"{other}_nhwc"] = dict(precision=other, channels_last=True)
+    timed = nbhelpers_rows(rows, width, args.batch, steps, device, data, args.repeats, clock)
+    for name, row in timed.items():
+        training = row.pop("training")
+        row["tflops"] = flop_per_step / row["per_step"] / 1e12
+        row["of_matmul_bf16"] = row["tflops"] * 1e12 / peaks["bfloat16"]
+        row["of_matmul_fp32"] = row["tflops"] * 1e12 / peaks["float32"]
+        row["seconds_per_epoch"] = row["per_step"] * steps_per_epoch + row["eval_seconds"]
+        row["long_run_minutes"] = (LONG_STEPS * row["per_step"] + LONG_EVALUATIONS * row["eval_seconds"]) / 60
+        if name == "default":
+            loop = loop_overhead(training, steps, device, args.repeats, clock)
+            row.update(loop_only_per_step=loop, overhead=loop / row["per_step"])
+            row[f"syncs_in_epoch_of_{steps}_steps"] = host_syncs(training) if cuda else None
+    ours = timed["default"]
+    results["nbhelpers"] = ours
+    if "old_cpu_default" in timed:
+        results["nbhelpers_old_cpu_default"] = timed["old_cpu_default"]
+        results["speedup_vs_old_cpu_default"] = timed["old_cpu_default"]["per_step"] / ours["per_step"]
+    for name in timed:
+        if name.endswith("_nhwc"):
+            results[f"nbhelpers_{name}"] = timed[name]
+    labels = {"default": f"default ({ours['precision']}, {'NHWC' if ours['channels_last'] else 'NCHW'}"
+                         f"{', compiled' if ours['compile'] else ''})",
+              "old_cpu_default": "old default (fp32, NCHW)"}
+    table = [(labels.get(name, f"not chosen ({name.replace('_nhwc', '')}, NHWC)"), row)
+             for name, row in timed.items()]
     if not args.skip_seed:
         seed_step = seed_path(width, args.batch, steps, device, data.folder.parent, args.repeats)
         results["seed"] = {"per_step": seed_step, "seconds_per_epoch_train": seed_step * steps_per_epoch,
                            "tflops": flop_per_step / seed_step / 1e12}
         results["speedup_vs_seed"] = seed_step / ours["per_step"]
-        rows.insert(0, ("seed as written", results["seed"]))
+        table.insert(0, ("seed as written", results["seed"]))
+    results["load_average_after"] = os.getloadavg()
 
-    print(f"\n{results['machine']['device']}, width {width}, batch {args.batch}, {steps} timed steps; "
-          f"matmul {peak / 1e12:.1f} TFLOP/s ({peak_dtype})")
-    for name, row in rows:
-        print(f"{name:<26} {row['per_step'] * 1e3:9.1f} ms/step  {row['per_step'] * steps_per_epoch:8.1f} s/epoch "
-              f"(training)  {row['tflops']:7.2f} TFLOP/s  {row['tflops'] * 1e12 / peak:6.1%} of matmul")
-    print(f"nbhelpers: epoch with evaluation {results['nbhelpers']['seconds_per_epoch']:.1f} s; "
-          f"overhead outside forward/backward/optimizer {ours['overhead']:.1%}"
-          + (f"; host syncs in a {steps}-step epoch: {ours['syncs_in_epoch_of_%d_steps' % steps]}" if cuda else ""))
+    print(f"\n{results['machine']['device']}, width {width}, batch {args.batch}, {steps} timed steps, "
+          f"{flop_per_step / 1e9:.2f} GFLOP a step; matmul {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s in bf16, "
+          f"{peaks['float32'] / 1e9:,.0f} in fp32; {results['clock']} time; "
+          f"load average {results['load_average'][0]:.1f}")
+    for name, row in table:
+        print(f"{name:<28} {row['per_step'] * 1e3:8.1f} ms/step  {row['per_step'] * steps_per_epoch:7.1f} s/epoch "
+              f"(training)  {row['tflops'] * 1e3:7.1f} GFLOP/s  {row['tflops'] * 1e12 / peaks['bfloat16']:6.1%} of "
+              f"bf16 matmul, {row['tflops'] * 1e12 / peaks['float32']:6.1%} of fp32")
+    print(f"nbhelpers: evaluation of {len(data.test):,} images {ours['eval_seconds']:.2f} s; epoch with "
+          f"evaluation {ours['seconds_per_epoch']:.1f} s; a `long` run ({LONG_STEPS:,} steps, "
+          f"{LONG_EVALUATIONS} evaluations) {ours['long_run_minutes']:.1f} min; overhead outside "
+          f"forward/backward/optimizer {ours['overhead']:.1%}"
+          + (f"; host syncs in a {steps}-step epoch: {ours[f'syncs_in_epoch_of_{steps}_steps']}" if cuda else ""))
     if "speedup_vs_seed" in results:
         print(f"speedup vs the seed: {results['speedup_vs_seed']:.2f}x")
     if "speedup_vs_old_cpu_default" in results:
         print(f"speedup vs the old CPU default: {results['speedup_vs_old_cpu_default']:.2f}x")
-    write_results(f"train_step_{device.type}_w{width}", results)
+    # On a CPU the file names the thread count and the clock: a shared machine's runs differ in both.
+    how = "" if cuda else f"_{torch.get_num_threads()}t_{results['clock']}"
+    write_results(f"train_step_{device.type}_w{width}{how}", results)
 
 
 if __name__ == "__main__":
