@@ -131,3 +131,33 @@ def test_the_published_notebooks_name_no_folder_of_the_machine_they_ran_on(path)
     found = [(index, match.group(0)) for index, cell in enumerate(nbformat.read(path, as_version=4).cells)
              for match in MACHINE_PATH.finditer(json.dumps(cell))]
     assert not found, f"cells {sorted({index for index, _ in found})} name {found[0][1]}..."
+
+
+def test_a_site_replaces_only_a_folder_a_previous_build_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit, match=f"not a site built here.*{SITE.SITE_MARKER}"):
+        SITE.build_site(mine, tmp_path / "reference")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    site = tmp_path / "site"
+    SITE.build_site(site, tmp_path / "reference")
+    (site / "stale.html").write_text("from an older build")
+    SITE.build_site(site, tmp_path / "reference")  # its marker says it may be replaced
+    assert (site / SITE.SITE_MARKER).is_file() and not (site / "stale.html").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == [], "no staging folder left"
+
+
+def test_a_notebook_that_does_not_parse_is_named_and_the_old_site_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    site = tmp_path / "site"
+    SITE.build_site(site, tmp_path / "reference")
+    before = (site / "index.html").read_text()
+    (tmp_path / "reference" / "cpu-demo" / "04_broken.ipynb").write_text('{"cells": [')
+    with pytest.raises(SystemExit, match="04_broken.ipynb is not a readable notebook"):
+        SITE.build_site(site, tmp_path / "reference")
+    assert (site / "index.html").read_text() == before and (site / "cpu-demo" / "03_train.html").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == [], "no staging folder left"
