@@ -161,3 +161,15 @@ def test_a_notebook_that_does_not_parse_is_named_and_the_old_site_kept(tmp_path,
         SITE.build_site(site, tmp_path / "reference")
     assert (site / "index.html").read_text() == before and (site / "cpu-demo" / "03_train.html").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == [], "no staging folder left"
+
+
+def test_folder_names_and_results_text_are_escaped_in_the_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    hostile = 'x" onmouseover="alert(1)'
+    _reference(tmp_path / "reference", dict(RESULTS, name=hostile, device="<script>alert(2)</script>"))
+    (tmp_path / "reference" / hostile / "results.json").write_text(json.dumps(
+        dict(RESULTS, name="<img src=x onerror=alert(3)>", device="<script>alert(2)</script>")))
+    SITE.build_site(tmp_path / "site", tmp_path / "reference")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert '" onmouseover="' not in index and "<script>alert" not in index and "<img src=x" not in index
+    assert 'id="x&quot; onmouseover=&quot;alert(1)"' in index and "&lt;script&gt;alert(2)" in index

@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import nbformat
 from latex2mathml.converter import convert as tex_to_mathml
@@ -76,12 +77,15 @@ def notebook_page(path: Path) -> str:
 
 def index_page(names: list[str], pages: dict[str, list[Path]]) -> str:
     """The site's first page: the Results table, then every notebook of every reference run."""
-    table = markdown2html_mistune(results_table(reference_results(), link="#{name}"))
+    # The Markdown renderer passes raw HTML through: results.json's text is escaped before it.
+    results = [{key: html.escape(value) if isinstance(value, str) else value for key, value in row.items()}
+               for row in reference_results()]
+    table = markdown2html_mistune(results_table(results, link="#{name}"))
     sections = []
     for name in names:
-        items = "".join(f'<li><a href="{name}/{page.stem}.html">{html.escape(page.stem)}</a></li>'
-                        for page in pages[name])
-        sections.append(f'<h2 id="{name}">{html.escape(name)}</h2><ul>{items}</ul>')
+        items = "".join(f'<li><a href="{_attribute(quote(f"{name}/{page.stem}.html"))}">'
+                        f'{html.escape(page.stem)}</a></li>' for page in pages[name])
+        sections.append(f'<h2 id="{_attribute(name)}">{html.escape(name)}</h2><ul>{items}</ul>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>CIFAR-10 with Ranger and one cycle: the reference runs</title>
@@ -95,6 +99,11 @@ trained to build this page. Each run's notebooks follow its row.</p>
 {''.join(sections)}
 </body></html>
 """
+
+
+def _attribute(text: str) -> str:
+    """Text safe inside a double-quoted HTML attribute (a folder name may hold quotes)."""
+    return html.escape(text, quote=True)
 
 
 def _refuse_unless_a_previous_site(out: Path) -> None:
