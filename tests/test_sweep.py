@@ -210,3 +210,8 @@ def test_a_sweep_file_with_a_bad_value_is_one_line_from_main(tmp_path, capsys, b
     assert str(stop.value.code).startswith(f"error: b: {problem}") and "\n" not in str(stop.value.code)
     assert not (tmp_path / "runs").exists(), "nothing ran"
 
+
+def test_run_names_that_collide_after_seeding_are_refused_up_front(tmp_path):
+    with pytest.raises(S.SweepError, match="share the folder of a-seed2"):
+        S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path, seeds=2)
+    assert len(S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path).entries) == 2

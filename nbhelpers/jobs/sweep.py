@@ -181,6 +181,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
             entries.append(Entry(seeded, {"size": size, **parameters, "rand_seed": first_seed + k,
                                           "data_dir": data_dir, "run_dir": _relative(entry_folder / "run"),
                                           "figures_dir": "", "progress": "log"}, entry_folder))
+    _refuse_shared_folders(entries)
     return Sweep(f"{name}-{size}", entries, name)
 
 
@@ -197,6 +198,16 @@ def _first_seed(run_name: str, size: str, parameters: dict[str, Any], seeds: int
         raise SweepError(f"{run_name}: rand_seed {first} with {seeds} seeds goes up to "
                          f"{first + seeds - 1}, past the largest seed ({error})") from None
     return first
+
+
+def _refuse_shared_folders(entries: list[Entry]) -> None:
+    """Two entries of one name would share a folder: runs "a" and "a-seed2" with two seeds."""
+    names = [entry.name for entry in entries]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SweepError(f"two entries would share the folder of {', '.join(twice)}: with seeds, a "
+                         "run's extra seeds are named <run>-seed2, <run>-seed3, ...; rename the run "
+                         "that already has such a name.")
 
 
 def _check_seeds(seeds: Any) -> int:
