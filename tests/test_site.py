@@ -62,6 +62,10 @@ def test_the_readme_table_is_rewritten_between_its_markers_only(tmp_path, monkey
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="has no Results markers"):
         REF.write_readme_results(readme)
+    readme.write_text(f"{REF.RESULTS_END}\nold table\n{REF.RESULTS_START}\n")
+    with pytest.raises(SystemExit, match="Results markers are in the wrong order"):
+        REF.write_readme_results(readme)
+    assert readme.read_text() == f"{REF.RESULTS_END}\nold table\n{REF.RESULTS_START}\n"
 
 
 def test_the_site_has_its_figures_inside_its_math_as_mathml_and_nothing_remote(tmp_path, monkeypatch):
