@@ -16,6 +16,7 @@ from __future__ import annotations
 import _compat_pickle  # pickle's own table of Python 2 names
 import errno
 import hashlib
+import math
 import os
 import pickle
 import socket
@@ -328,22 +329,74 @@ class _NotData(pickle.UnpicklingError):
     """A pickle named a Python object outside DATA_GLOBALS; the message is its name."""
 
 
+class _NotFromFile(pickle.UnpicklingError):
+    """A pickle declared an array (or number) whose contents its file does not hold; the message says how."""
+
+
 class DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles what CIFAR-10's files hold (dicts, lists, text, numbers, numpy arrays), nothing else.
 
     A pickle may name any importable function for the loader to call, so a
     data folder someone else filled could run code as soon as it is read;
     this one looks names up in DATA_GLOBALS only, and never imports.
+
+    Even numpy's own constructors would allocate whatever a pickle declares:
+    `numpy.ndarray((150000, 3072))` in a 145-byte file asks for 460 MB of
+    uninitialized memory. So every array and number must fit in `file_size`
+    bytes (the file's own size), and its contents must come from the file.
     """
+
+    def __init__(self, file, *, file_size: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.file_size = file_size
 
     def find_class(self, module: str, name: str):
         if (module, name) in DATA_GLOBALS:
-            return DATA_GLOBALS[module, name]
+            return self._sized.get(name, DATA_GLOBALS[module, name])
         if not all(part.isidentifier() for part in f"{module}.{name}".split(".")):
             raise pickle.UnpicklingError(f"no Python name: {module!r} {name!r}")  # damage, not code
         # Named as Python 3 knows it: pickles below protocol 3 say __builtin__ for builtins.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         raise _NotData(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}")
+
+    @property
+    def _sized(self) -> dict[str, object]:
+        """numpy's allocating constructors, each checked against the file's size first."""
+        return {"ndarray": self._array, "_reconstruct": self._reconstruct, "scalar": self._scalar}
+
+    def _check_fits(self, shape: tuple, dtype) -> None:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes > self.file_size:
+            raise _NotFromFile(f"declares an array of shape {shape} ({nbytes:,} bytes), more than its "
+                               f"{self.file_size:,} bytes could hold; it was refused before anything was allocated")
+
+    def _refuse_unfilled(self, shape: tuple, dtype) -> None:
+        """An array not built over the file's bytes would hold uninitialized memory, not pixels."""
+        self._check_fits(shape, dtype)
+        if math.prod(shape):
+            raise _NotFromFile(f"declares an array of shape {shape} without its contents: "
+                               "the file holds no pixels for it")
+
+    def _array(self, shape, dtype=float, buffer=None, offset=0, strides=None, order=None) -> np.ndarray:
+        """numpy.ndarray called by a pickle: only over a buffer the file holds."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if buffer is None:
+            self._refuse_unfilled(shape, dtype)
+        self._check_fits(shape, dtype)
+        return np.ndarray(shape, dtype, buffer, offset, strides, order)
+
+    def _reconstruct(self, subtype, shape, dtype) -> np.ndarray:
+        """numpy's _reconstruct: numpy pickles an empty array, then fills it from the file (BUILD)."""
+        if subtype != self._array:  # a bound method: equal each time, never the same object
+            raise pickle.UnpicklingError(f"_reconstruct of {subtype!r}, not numpy.ndarray")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self._refuse_unfilled(shape, dtype)
+        return DATA_GLOBALS["numpy.core.multiarray", "_reconstruct"](np.ndarray, shape, dtype)
+
+    def _scalar(self, dtype, *contents):
+        """numpy's scalar rebuilder: a number no larger than the file."""
+        self._check_fits((), dtype)
+        return DATA_GLOBALS["numpy.core.multiarray", "scalar"](dtype, *contents)
 
 
 def _read_pickle(path: Path, root: Path):
@@ -351,7 +404,9 @@ def _read_pickle(path: Path, root: Path):
         raise _error(root, f"CIFAR-10 at {path.parent} is incomplete: {path.name} is missing")
     try:
         with open(path, "rb") as fh:
-            return DataOnlyUnpickler(fh, encoding="latin1").load()
+            return DataOnlyUnpickler(fh, file_size=os.fstat(fh.fileno()).st_size, encoding="latin1").load()
+    except _NotFromFile as exc:
+        raise _error(root, f"{path} {exc}") from None
     except _NotData as exc:
         raise _error(root, f"{path} is not plain data: it asks for the Python object {exc}, "
                            "which no CIFAR-10 file holds and which could run code; it was refused, "

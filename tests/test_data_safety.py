@@ -426,3 +426,45 @@ def test_an_offline_machine_is_still_called_offline(tmp_path, monkeypatch):
         raise urllib.error.URLError(OSError(errno.ENETUNREACH, "Network is unreachable"))
     monkeypatch.setattr(D, "download_url", offline)
     assert "seems to be offline" in _load_error(tmp_path / "root", download=True)
+
+
+# --- a batch file is checked against its own size before anything is allocated ---
+
+class _Declared:
+    """Unpickles as `numpy.ndarray(shape, dtype)` or `_reconstruct(ndarray, shape, dtype)` with no
+    contents after it: an array of any size, from a file of a few bytes."""
+
+    def __init__(self, constructor, shape):
+        self.constructor, self.shape = constructor, shape
+
+    def __reduce__(self):
+        if self.constructor == "ndarray":
+            return np.ndarray, (self.shape, np.dtype(np.uint8))
+        return np.zeros(0).__reduce__()[0], (np.ndarray, self.shape, b"B")
+
+
+@pytest.mark.parametrize("constructor", ["ndarray", "_reconstruct"])
+def test_an_array_larger_than_its_file_is_refused_before_it_is_allocated(copy, constructor):
+    import tracemalloc
+    path = copy / D.FOLDER / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": _Declared(constructor, (150000, 3072)), "labels": [0]}, protocol=2))
+    assert path.stat().st_size < 200
+    tracemalloc.start()  # numpy reports its arrays' memory to tracemalloc
+    try:
+        message = _load_error(copy)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "data_batch_1 declares an array of shape (150000, 3072) (460,800,000 bytes)" in message
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated for a file of a few bytes"
+
+
+@pytest.mark.parametrize("constructor", ["ndarray", "_reconstruct"])
+def test_a_batch_whose_data_the_file_does_not_hold_is_refused(copy, constructor):
+    path = copy / D.FOLDER / "data_batch_1"
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    padding = "x" * (len(labels) * 3072)  # so the file is large enough to hold the pixels it lacks
+    path.write_bytes(pickle.dumps({"data": _Declared(constructor, (len(labels), 3072)), "labels": labels,
+                                   "batch_label": padding}, protocol=2))
+    assert "data_batch_1 declares an array of shape (10, 3072) without its contents: " \
+           "the file holds no pixels for it" in _load_error(copy)

@@ -62,6 +62,10 @@ def test_the_readme_table_is_rewritten_between_its_markers_only(tmp_path, monkey
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="has no Results markers"):
         REF.write_readme_results(readme)
+    readme.write_text(f"{REF.RESULTS_END}\nold table\n{REF.RESULTS_START}\n")
+    with pytest.raises(SystemExit, match="Results markers are in the wrong order"):
+        REF.write_readme_results(readme)
+    assert readme.read_text() == f"{REF.RESULTS_END}\nold table\n{REF.RESULTS_START}\n"
 
 
 def test_the_site_has_its_figures_inside_its_math_as_mathml_and_nothing_remote(tmp_path, monkeypatch):
@@ -131,3 +135,45 @@ def test_the_published_notebooks_name_no_folder_of_the_machine_they_ran_on(path)
     found = [(index, match.group(0)) for index, cell in enumerate(nbformat.read(path, as_version=4).cells)
              for match in MACHINE_PATH.finditer(json.dumps(cell))]
     assert not found, f"cells {sorted({index for index, _ in found})} name {found[0][1]}..."
+
+
+def test_a_site_replaces_only_a_folder_a_previous_build_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit, match=f"not a site built here.*{SITE.SITE_MARKER}"):
+        SITE.build_site(mine, tmp_path / "reference")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    site = tmp_path / "site"
+    SITE.build_site(site, tmp_path / "reference")
+    (site / "stale.html").write_text("from an older build")
+    SITE.build_site(site, tmp_path / "reference")  # its marker says it may be replaced
+    assert (site / SITE.SITE_MARKER).is_file() and not (site / "stale.html").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == [], "no staging folder left"
+
+
+def test_a_notebook_that_does_not_parse_is_named_and_the_old_site_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    _reference(tmp_path / "reference", RESULTS)
+    site = tmp_path / "site"
+    SITE.build_site(site, tmp_path / "reference")
+    before = (site / "index.html").read_text()
+    (tmp_path / "reference" / "cpu-demo" / "04_broken.ipynb").write_text('{"cells": [')
+    with pytest.raises(SystemExit, match="04_broken.ipynb is not a readable notebook"):
+        SITE.build_site(site, tmp_path / "reference")
+    assert (site / "index.html").read_text() == before and (site / "cpu-demo" / "03_train.html").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == [], "no staging folder left"
+
+
+def test_folder_names_and_results_text_are_escaped_in_the_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
+    hostile = 'x" onmouseover="alert(1)'
+    _reference(tmp_path / "reference", dict(RESULTS, name=hostile, device="<script>alert(2)</script>"))
+    (tmp_path / "reference" / hostile / "results.json").write_text(json.dumps(
+        dict(RESULTS, name="<img src=x onerror=alert(3)>", device="<script>alert(2)</script>")))
+    SITE.build_site(tmp_path / "site", tmp_path / "reference")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert '" onmouseover="' not in index and "<script>alert" not in index and "<img src=x" not in index
+    assert 'id="x&quot; onmouseover=&quot;alert(1)"' in index and "&lt;script&gt;alert(2)" in index

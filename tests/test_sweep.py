@@ -190,3 +190,28 @@ def test_a_job_array_that_ends_before_the_sweeps_last_run_says_so(monkeypatch, c
     with pytest.raises(SystemExit):
         S.main(["schedule", "--seeds", "3", "--index", "12"])
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_seed_that_would_overflow_with_seeds_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(S.SweepError, match=r"a: rand_seed 4294967295 with 2 seeds goes up to 4294967296"):
+        S.make_sweep({"a": dict(SMALL, rand_seed=2**32 - 1)}, size="tiny", folder=tmp_path, seeds=2)
+    assert not list(tmp_path.iterdir())
+    assert S.make_sweep({"a": dict(SMALL, rand_seed=2**32 - 2)}, size="tiny", folder=tmp_path,
+                        seeds=2).entries[1].parameters["rand_seed"] == 2**32 - 1
+
+
+@pytest.mark.parametrize("bad, problem", [({"num_epochs": 0}, "num_epochs=0 is not allowed"),
+                                          ({"mixing": "bogus"}, "mixing='bogus' is not allowed")])
+def test_a_sweep_file_with_a_bad_value_is_one_line_from_main(tmp_path, capsys, bad, problem):
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({"fine": SMALL, "b": dict(SMALL, **bad)}))
+    with pytest.raises(SystemExit) as stop:
+        S.main([str(spec), "--size", "tiny", "--folder", str(tmp_path / "runs")])
+    assert str(stop.value.code).startswith(f"error: b: {problem}") and "\n" not in str(stop.value.code)
+    assert not (tmp_path / "runs").exists(), "nothing ran"
+
+
+def test_run_names_that_collide_after_seeding_are_refused_up_front(tmp_path):
+    with pytest.raises(S.SweepError, match="share the folder of a-seed2"):
+        S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path, seeds=2)
+    assert len(S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path).entries) == 2

@@ -147,6 +147,9 @@ def write_readme_results(readme: Path = README) -> None:
     text = readme.read_text()
     if RESULTS_START not in text or RESULTS_END not in text:
         raise SystemExit(f"{readme} has no Results markers ({RESULTS_START} ... {RESULTS_END})")
+    if RESULTS_END not in text.split(RESULTS_START, 1)[1]:  # the end marker only before the start
+        raise SystemExit(f"{readme}'s Results markers are in the wrong order: {RESULTS_START} must "
+                         f"come before {RESULTS_END}")
     head, rest = text.split(RESULTS_START, 1)
     _, tail = rest.split(RESULTS_END, 1)
     readme.write_text(f"{head}{RESULTS_START}\n{results_table(reference_results())}\n{RESULTS_END}{tail}")

@@ -21,7 +21,9 @@ import html
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import nbformat
 from latex2mathml.converter import convert as tex_to_mathml
@@ -31,9 +33,12 @@ from nbconvert.filters import markdown2html_mistune
 from .reference import REFERENCE_DIR, reference_results, results_table
 from ..runtime import PROJECT_ROOT
 
-__all__ = ["SITE_DIR", "math_as_mathml", "notebook_page", "index_page", "build_site", "main"]
+__all__ = ["SITE_DIR", "SITE_MARKER", "math_as_mathml", "notebook_page", "index_page", "build_site", "main"]
 
 SITE_DIR = PROJECT_ROOT / "build" / "site"
+# Written into every site built here: a rebuild replaces only a folder that holds it,
+# so `--out` pointed at a folder of the user's (or at `.`) deletes nothing.
+SITE_MARKER = ".nbhelpers-site"
 # $$display$$ or $inline$ math, outside `code`: what the notebooks' Markdown cells hold.
 _CODE_OR_MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
 # <script src="http..."> tags: what would need a network.
@@ -58,7 +63,11 @@ def math_as_mathml(markdown: str) -> str:
 
 def notebook_page(path: Path) -> str:
     """One executed notebook as a standalone HTML page."""
-    notebook = nbformat.read(path, as_version=4)
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except (ValueError, nbformat.ValidationError) as error:  # NotJSONError and UnicodeDecodeError are ValueErrors
+        raise SystemExit(f"{path} is not a readable notebook ({type(error).__name__}); "
+                         "the site was left as it was") from None
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             cell.source = math_as_mathml(cell.source)
@@ -68,12 +77,15 @@ def notebook_page(path: Path) -> str:
 
 def index_page(names: list[str], pages: dict[str, list[Path]]) -> str:
     """The site's first page: the Results table, then every notebook of every reference run."""
-    table = markdown2html_mistune(results_table(reference_results(), link="#{name}"))
+    # The Markdown renderer passes raw HTML through: results.json's text is escaped before it.
+    results = [{key: html.escape(value) if isinstance(value, str) else value for key, value in row.items()}
+               for row in reference_results()]
+    table = markdown2html_mistune(results_table(results, link="#{name}"))
     sections = []
     for name in names:
-        items = "".join(f'<li><a href="{name}/{page.stem}.html">{html.escape(page.stem)}</a></li>'
-                        for page in pages[name])
-        sections.append(f'<h2 id="{name}">{html.escape(name)}</h2><ul>{items}</ul>')
+        items = "".join(f'<li><a href="{_attribute(quote(f"{name}/{page.stem}.html"))}">'
+                        f'{html.escape(page.stem)}</a></li>' for page in pages[name])
+        sections.append(f'<h2 id="{_attribute(name)}">{html.escape(name)}</h2><ul>{items}</ul>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>CIFAR-10 with Ranger and one cycle: the reference runs</title>
@@ -89,14 +101,60 @@ trained to build this page. Each run's notebooks follow its row.</p>
 """
 
 
+def _attribute(text: str) -> str:
+    """Text safe inside a double-quoted HTML attribute (a folder name may hold quotes)."""
+    return html.escape(text, quote=True)
+
+
+def _refuse_unless_a_previous_site(out: Path) -> None:
+    """Stop unless `out` is absent, empty, or a site built here (it holds SITE_MARKER)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SystemExit(f"{out} exists and is not a folder: choose another --out")
+    if any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+        raise SystemExit(f"{out} is not a site built here (it has no {SITE_MARKER}), so it is not replaced: "
+                         "choose another --out, or delete it yourself")
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Replace `out` by the finished `staging` folder: two renames, so `out` is never half written."""
+    if out.exists():
+        old = staging.with_name(f"{staging.name}-old")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
 def build_site(out: Path = SITE_DIR, reference: Path = REFERENCE_DIR) -> list[Path]:
-    """Write the site into `out` (replacing it); returns every page written."""
+    """Write the site into `out` (replacing a previous one); returns every page written.
+
+    The site is built in a temporary folder beside `out` and renamed into place when
+    complete: a notebook that cannot be read leaves the previous site as it was.
+    """
     runs = sorted(p for p in reference.iterdir() if p.is_dir() and list(p.glob("*.ipynb"))) \
         if reference.is_dir() else []
     if not runs:
         raise SystemExit(f"No reference run in {reference}: `python -m nbhelpers.jobs.reference` makes one.")
-    if out.exists():
-        shutil.rmtree(out)
+    out = out.resolve()
+    _refuse_unless_a_previous_site(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-building-", dir=out.parent))
+    try:
+        written = _write_site(staging, runs)
+        (staging / SITE_MARKER).write_text("built by python -m nbhelpers.jobs.site; a rebuild replaces this folder\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; a site is for reading
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out)
+    return [out / page.relative_to(staging) for page in written]
+
+
+def _write_site(out: Path, runs: list[Path]) -> list[Path]:
+    """Every notebook page of every reference run, then index.html, into `out`."""
     written, pages = [], {}
     for run in runs:
         pages[run.name] = sorted(run.glob("*.ipynb"), key=lambda page: page.stem)  # 05_compare before 05_compare-parts

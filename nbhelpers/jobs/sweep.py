@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import (AUTO, NOT_CHANGING_THE_NUMBERS, SIZES, TrainConfig, check_value, make_config,
-                      pick_size, unknown_names)
+from ..config import (AUTO, NOT_CHANGING_THE_NUMBERS, SIZES, ConfigError, TrainConfig, check_value,
+                      make_config, pick_size, unknown_names)
 from ..errors import ExplainedError
 from ..runs.load import load_runs
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
@@ -169,18 +169,45 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
         raise SweepError(f"{name} has no run {', '.join(unknown)}; its runs: {', '.join(choices)}")
     root = project_path(folder) if folder else RUNS_DIR / f"{name}-{size}"  # relative: from the project
     root = root if root.is_absolute() else PROJECT_ROOT / root
+    seeds = _check_seeds(seeds)
     entries = []
     for run_name, parameters in choices.items():
         if only and run_name not in only:
             continue
-        first_seed = make_config(size=size, **parameters).rand_seed  # a bad value stops here, not mid-sweep
-        for k in range(_check_seeds(seeds)):
+        first_seed = _first_seed(run_name, size, parameters, seeds)
+        for k in range(seeds):
             seeded = run_name if k == 0 else f"{run_name}-seed{k + 1}"
             entry_folder = root / seeded
             entries.append(Entry(seeded, {"size": size, **parameters, "rand_seed": first_seed + k,
                                           "data_dir": data_dir, "run_dir": _relative(entry_folder / "run"),
                                           "figures_dir": "", "progress": "log"}, entry_folder))
+    _refuse_shared_folders(entries)
     return Sweep(f"{name}-{size}", entries, name)
+
+
+def _first_seed(run_name: str, size: str, parameters: dict[str, Any], seeds: int) -> int:
+    """The run's rand_seed, its whole configuration and its last seed checked first:
+    a bad value stops the sweep here, in one line, not when that run's turn comes."""
+    try:
+        first = make_config(size=size, **parameters).rand_seed
+    except ConfigError as error:
+        raise SweepError(f"{run_name}: {error}") from None
+    try:
+        check_value("rand_seed", first + seeds - 1)
+    except ConfigError as error:
+        raise SweepError(f"{run_name}: rand_seed {first} with {seeds} seeds goes up to "
+                         f"{first + seeds - 1}, past the largest seed ({error})") from None
+    return first
+
+
+def _refuse_shared_folders(entries: list[Entry]) -> None:
+    """Two entries of one name would share a folder: runs "a" and "a-seed2" with two seeds."""
+    names = [entry.name for entry in entries]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SweepError(f"two entries would share the folder of {', '.join(twice)}: with seeds, a "
+                         "run's extra seeds are named <run>-seed2, <run>-seed3, ...; rename the run "
+                         "that already has such a name.")
 
 
 def _check_seeds(seeds: Any) -> int:
