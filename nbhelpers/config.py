@@ -17,9 +17,9 @@ parameter given explicitly (`-p num_epochs 3`) wins over its size's value.
 | ----- | -------------------------------------------- | ----------------------------------------------- |
 | full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on two    |
 |       |                                              | CPU cores about 8 hours per epoch, weeks in all)|
-| long  | the seed's 23,460 steps on a CPU: width 8,   | goal: at most about 15 minutes per run on two   |
-|       | 60 epochs, all data (the `schedule` sweep's; | CPU cores, which its width is chosen by         |
-|       | r_t and the schedule depend on the steps)    | (measured: benchmarks/RESULTS.md)               |
+| long  | the seed's 23,460 steps on a CPU: width 8,   | width 8 has the fastest CPU step of widths 4-32 |
+|       | 60 epochs, all data (the `schedule` sweep's; | (benchmarks/RESULTS.md): about half an hour per |
+|       | r_t and the schedule depend on the steps)    | run on one loaded Xeon core                     |
 | demo  | `make demo`: width 32, 5 epochs, all data    | about 4 minutes for 03 on two CPU cores         |
 | small | a CPU sweep's run (05, 06): width 32,        | under a minute per run on two CPU cores         |
 |       | 3 epochs, 8,000 / 1,000 images               |                                                 |
@@ -65,8 +65,8 @@ SIZED = ("num_epochs", "backbone_out_channels", "hidden_size", "train_subset", "
 
 # `long` runs the seed's schedule step for step (60 epochs of 391 batches) on a narrow model: r_t
 # and the schedule's shape depend on the step count, not on the width. Its width is chosen by
-# measurement (benchmarks/RESULTS.md), so that a run takes at most about 15 minutes on two CPU
-# cores; 8 is provisional. The classifier keeps demo's and small's hidden size 64: long then
+# measurement: of widths 4 to 32, 8 had the fastest step on a CPU (benchmarks/RESULTS.md: narrower
+# channels fill neither oneDNN's blocks nor a vector), about half an hour a run. The classifier keeps demo's and small's hidden size 64: long then
 # differs from demo only in the backbone's width and the run's length (the head costs next to
 # nothing at any of these widths).
 LONG_WIDTH = 8
