@@ -35,7 +35,7 @@ sweep: $(STAMP) ## the sweep 05 compares, 3 seeds a setting, resumable (SWEEP=pa
 # The seed's question at the seed's step count: Ranger and AdamW, each stepped per batch and per
 # epoch, 3 seeds each (12 runs of 23,460 steps at the size long on a CPU: hours, resumable; full on a GPU).
 .PHONY: schedule
-schedule: $(STAMP)
+schedule: $(STAMP) ## the sweep schedule: Ranger and AdamW per batch and per epoch at the size long, 3 seeds (hours on a CPU)
 	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3
 
 # Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 3 seeds
