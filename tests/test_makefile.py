@@ -1,6 +1,7 @@
 """The Makefile never surprises: `make` alone only lists the targets, `make clean` removes only
 what git does not track. Both run in a clone of this repository (its Makefile as checked out
 here), so nothing of this checkout is touched."""
+import os
 import re
 import shutil
 import subprocess
@@ -12,8 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
 
 
+# Run as a user would, not as a sub-make of `make test`: an inherited MAKELEVEL makes make print
+# "Entering directory" lines, and MAKEFLAGS would pass on the outer make's options.
+_USER_ENV = {name: value for name, value in os.environ.items()
+             if name not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+
+
 def _run(*command: str, cwd: Path) -> str:
-    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True, timeout=60,
+                          env=_USER_ENV).stdout
 
 
 @pytest.fixture(scope="module")
