@@ -1,20 +1,19 @@
 """Runs compared over seeds: 05's settings (optimizers, Ranger's parts) and 06's branch mixings.
 
 Each setting is run with several seeds, and a difference between two settings
-is set against the noise between the seeds. The runs come from their folders
+comes with its 95% interval over the seeds (nbhelpers.stats), paired by seed. The runs come from their folders
 through nbhelpers.runs.load.load_runs.
 
     runs = load_runs(["runs/optimizers-small/ranger-batch/run", ...])
     settings = group_settings(runs)            # the runs of one setting over its seeds
-    print(markdown_table(settings))            # final test accuracy: mean and spread over seeds
-    differences_between(settings, "scheduler_step", "batch", "epoch")   # real or a tie, each
+    print(markdown_table(settings))            # final test accuracy: mean ± sd over seeds
+    differences_between(settings, "scheduler_step", "batch", "epoch")   # each with its 95% interval
 
     groups = mixing_groups(load_runs(folders))  # notebook 06: per mixing, its runs over the seeds
     print(describe_mixing_study(groups))       # each mixing against the seed's, in numbers
 
 Notebook 05 uses the first part, on the run folders of a sweep
-(nbhelpers.jobs.sweep); notebook 06 the last, on the sweep `mixing`; 03 sets
-one batch's numbers against the next with `Spread`.
+(nbhelpers.jobs.sweep); notebook 06 the last, on the sweep `mixing`.
 """
 from __future__ import annotations
 
@@ -30,11 +29,13 @@ import torch
 from .branches import BranchHistory, branch_history, leading_branch
 from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config, reached_the_last_epoch
 from .model import MIXINGS, count_flops, count_parameters
+from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, verdict
 
-__all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Spread", "compare_spreads", "Setting",
-           "group_settings", "SettingDifference", "differences_between", "against_the_first",
-           "markdown_table", "differences_table", "roughness", "MixingRun", "mixing_groups",
-           "final_effective", "mixing_table", "kept_first_choice", "describe_mixing_study"]
+__all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Setting", "group_settings",
+           "SettingDifference", "differences_between", "against_the_first", "markdown_table",
+           "CHANCE", "NEAR_CHANCE", "collapsed_runs", "differences_table", "roughness", "MixingRun",
+           "mixing_groups", "final_effective", "mixing_accuracy", "mixing_table", "kept_first_choice",
+           "describe_mixing_study"]
 
 # --------------------------------------------------------------------------
 # Whole runs side by side, each setting over several seeds
@@ -84,38 +85,6 @@ def label_by_what_differs(runs: Sequence[RunSummary]) -> None:
         run.label = ", ".join(str(value) for value in run.varying.values()) or "all runs"
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Values of several seeds: their mean and spread (the sample standard deviation; NaN for one).
-
-    Written "mean ± spread", or the mean alone for a single seed.
-    """
-
-    values: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def spread(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
-
-    def __str__(self) -> str:
-        if len(self.values) == 1:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.spread:.2f}"
-
-
-def compare_spreads(first: Spread, second: Spread) -> str:
-    """'higher', 'lower', 'tie' (mean ± spread overlap), or 'unknown' (a single seed: no spread)."""
-    if len(first.values) < 2 or len(second.values) < 2:
-        return "unknown"
-    if abs(first.mean - second.mean) <= first.spread + second.spread:
-        return "tie"
-    return "higher" if first.mean > second.mean else "lower"
-
-
 @dataclass
 class Setting:
     """The runs of one setting: alike in everything but their seed."""
@@ -129,18 +98,18 @@ class Setting:
         return [run.final_acc for run in self.runs]
 
     @property
-    def accuracy(self) -> Spread:
-        """The final test accuracies over the seeds."""
-        return Spread(tuple(self.finals))
+    def by_seed(self) -> dict[int, float]:
+        """{rand_seed: final test accuracy}: what a paired comparison matches run by run."""
+        return {run.seed: run.final_acc for run in self.runs}
 
     @property
     def mean(self) -> float:
-        return self.accuracy.mean
+        return statistics.fmean(self.finals)
 
     @property
-    def spread(self) -> float:
+    def sd(self) -> float:
         """The standard deviation of the final accuracies over the seeds (NaN for one seed)."""
-        return self.accuracy.spread
+        return statistics.stdev(self.finals) if len(self.runs) > 1 else math.nan
 
 
 def group_settings(runs: Sequence[RunSummary]) -> list[Setting]:
@@ -155,28 +124,51 @@ def group_settings(runs: Sequence[RunSummary]) -> list[Setting]:
 
 @dataclass
 class SettingDifference:
-    """first's mean final accuracy minus second's, set against the two settings' spread.
+    """first's final accuracy minus second's over their seeds, with its 95% interval (nbhelpers.stats).
 
-    It is called real when it is larger than the sum of the two spreads (their
-    mean ± one standard deviation do not overlap); otherwise a tie. With a
-    single seed on either side there is no spread to compare with: unknown.
+    Runs that share their seeds (a sweep's settings do: seed k of each starts
+    from the same weights and sees the batches in the same order) are paired
+    seed by seed; otherwise Welch's interval of the two means. With a single
+    seed on either side there is no interval: no verdict.
     """
 
     first: Setting
     second: Setting
 
     @property
-    def value(self) -> float:
-        return self.first.mean - self.second.mean
+    def paired(self) -> bool:
+        return self.first.by_seed.keys() == self.second.by_seed.keys()
 
     @property
-    def spread(self) -> float:
-        return self.first.spread + self.second.spread
+    def seeds(self) -> int:
+        """Seeds per side (the smaller side's, for unpaired runs)."""
+        return min(len(self.first.runs), len(self.second.runs))
+
+    @property
+    def interval(self) -> Interval | None:
+        return seed_interval(self.first.by_seed, self.second.by_seed)
+
+    @property
+    def value(self) -> float:
+        return self.interval.difference if self.interval else self.first.mean - self.second.mean
+
+    @property
+    def is_real(self) -> bool:
+        return bool(self.interval and self.interval.is_real)
 
     @property
     def verdict(self) -> str:
-        said = compare_spreads(self.first.accuracy, self.second.accuracy)
-        return {"unknown": "unknown (one seed: no spread)", "tie": "tie"}.get(said, "real")
+        """'real', or 'not resolved with N seeds (±half-width)', or no verdict for a single seed."""
+        if self.interval is None:
+            return "no verdict (one seed: no interval)"
+        return verdict(self.interval, self.seeds)
+
+    @property
+    def seeds_needed(self) -> int | None:
+        """Seeds a paired comparison would need to resolve a difference of this size (None if unpaired)."""
+        if not self.paired or self.seeds < 2:
+            return None
+        return seeds_needed(self.first.by_seed, self.second.by_seed)
 
 
 def differences_between(settings: Sequence[Setting], parameter: str, first: Any,
@@ -209,7 +201,7 @@ def against_the_first(settings: Sequence[Setting]) -> list[SettingDifference]:
 
 
 def markdown_table(settings: Sequence[Setting]) -> str:
-    """A row per setting: its seeds, the final test accuracy's mean and spread, each seed's.
+    """A row per setting: its seeds, the final test accuracy's mean and sd, each seed's.
 
     Seconds per epoch are listed seed by seed, not averaged: a run slowed by
     another job on the machine then shows as the one that stands out.
@@ -220,21 +212,34 @@ def markdown_table(settings: Sequence[Setting]) -> str:
     for setting in settings:
         epochs = {f"{len(run.history)}" + ("" if run.finished else f" of {run.config['num_epochs']}")
                   for run in setting.runs}
-        spread = "" if math.isnan(setting.spread) else f" ± {setting.spread:.2f}"
         lines.append(f"| {setting.label} | {len(setting.runs)} | {', '.join(sorted(epochs))} | "
-                     f"{setting.mean:.2f}{spread} | {', '.join(f'{a:.2f}' for a in setting.finals)} | "
+                     f"{mean_and_sd(setting.finals)} | {', '.join(f'{a:.2f}' for a in setting.finals)} | "
                      f"{', '.join(f'{run.seconds_per_epoch:.1f}' for run in setting.runs)} |")
     return "\n".join(lines)
 
 
+# A run that ends within this many points of chance (10% on CIFAR-10's ten classes) learned nothing:
+# one such seed drags its setting's mean and sd, and a reader should see it named, not averaged away.
+CHANCE, NEAR_CHANCE = 10.0, 5.0
+
+
+def collapsed_runs(settings: Sequence[Setting]) -> list[RunSummary]:
+    """The runs whose final test accuracy stayed within NEAR_CHANCE points of chance."""
+    return [run for setting in settings for run in setting.runs if run.final_acc < CHANCE + NEAR_CHANCE]
+
+
 def differences_table(differences: Sequence[SettingDifference]) -> str:
-    """A row per difference: its value, the spread it is set against, and the verdict."""
-    lines = ["| first | second | difference of means (points) | sum of the two spreads (points) | verdict |",
-             "| --- | --- | ---: | ---: | --- |"]
+    """A row per difference: its value, its 95% interval, the verdict and the seeds it would need."""
+    lines = ["| first | second | seeds | difference (points) | 95% interval | verdict | seeds to resolve it |",
+             "| --- | --- | ---: | ---: | --- | --- | ---: |"]
     for difference in differences:
-        spread = "" if math.isnan(difference.spread) else f"{difference.spread:.2f}"
-        lines.append(f"| {difference.first.label} | {difference.second.label} | "
-                     f"{difference.value:+.2f} | {spread} | {difference.verdict} |")
+        interval = difference.interval
+        span = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval else ""
+        pairing = "paired" if difference.paired else "unpaired"
+        needed = difference.seeds_needed
+        needed = "" if difference.is_real or needed is None else f"about {needed}"
+        lines.append(f"| {difference.first.label} | {difference.second.label} | {difference.seeds}, {pairing} | "
+                     f"{difference.value:+.2f} | {span} | {difference.verdict} | {needed} |")
     return "\n".join(lines)
 
 
@@ -282,24 +287,29 @@ def mixing_groups(runs: Sequence[RunSummary]) -> dict[str, list[MixingRun]]:
             for mixing in MIXINGS if mixing in groups}
 
 
-def final_effective(runs: list[MixingRun]) -> list[Spread]:
-    """Per block: the effective number of branches at the end of training, over the runs' seeds."""
-    ends = torch.stack([run.history.effective[-1] for run in runs])  # (seeds, blocks)
-    return [Spread(tuple(ends[:, block].tolist())) for block in range(ends.shape[1])]
+def final_effective(runs: list[MixingRun]) -> list[dict[int, float]]:
+    """Per block: the effective number of branches at the end of training, {rand_seed: value}."""
+    blocks = runs[0].history.effective.shape[1]
+    return [{run.rand_seed: float(run.history.effective[-1][block]) for run in runs} for block in range(blocks)]
+
+
+def mixing_accuracy(runs: list[MixingRun]) -> dict[int, float]:
+    """{rand_seed: final test accuracy} of one mixing's runs."""
+    return {run.rand_seed: run.final_acc for run in runs}
 
 
 def mixing_table(groups: dict[str, list[MixingRun]]) -> str:
-    """Per mixing, as Markdown: accuracy, branches in use at start and end, parameters and time."""
+    """Per mixing, as Markdown: accuracy, branches in use at start and end, parameters and time (mean ± sd)."""
     blocks = next(iter(groups.values()))[0].history.mean.shape[1]
-    lines = ["| mixing | seeds | final test accuracy (%), mean ± spread | effective branches per block, "
+    lines = ["| mixing | seeds | final test accuracy (%), mean ± sd | effective branches per block, "
              "untrained → trained | parameters | seconds per epoch |",
              "| --- | ---: | ---: | --- | ---: | ---: |"]
     for mixing, runs in groups.items():
         starts = torch.stack([run.history.effective[0] for run in runs]).mean(dim=0)
         ends = final_effective(runs)
-        use = "; ".join(f"{starts[block]:.2f} → {ends[block]}" for block in range(blocks))
-        lines.append(f"| {mixing} | {len(runs)} | {Spread(tuple(r.final_acc for r in runs))} | {use} | "
-                     f"{runs[0].parameters:,} | {Spread(tuple(r.seconds_per_epoch for r in runs))} |")
+        use = "; ".join(f"{starts[block]:.2f} → {mean_and_sd(list(ends[block].values()))}" for block in range(blocks))
+        lines.append(f"| {mixing} | {len(runs)} | {mean_and_sd([r.final_acc for r in runs])} | {use} | "
+                     f"{runs[0].parameters:,} | {mean_and_sd([r.seconds_per_epoch for r in runs], 1)} |")
     return "\n".join(lines)
 
 
@@ -314,73 +324,81 @@ def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
     return int(sum(pairs)), len(pairs)
 
 
-def _accuracy(runs: list[MixingRun]) -> Spread:
-    return Spread(tuple(run.final_acc for run in runs))
-
-
-_SAID = {"tie": "a tie (inside the seeds' spreads)", "unknown": "no verdict (one seed: no spread to judge by)",
-         "higher": "higher, beyond the seeds' spreads", "lower": "lower, beyond the seeds' spreads"}
+def _against(first: dict[int, float], second: dict[int, float]) -> tuple[str, Interval | None]:
+    """'higher', 'lower' (the 95% interval excludes 0), 'unresolved', or 'unknown' (one seed), and the interval."""
+    interval = seed_interval(first, second)
+    if interval is None:
+        return "unknown", None
+    if not interval.is_real:
+        return "unresolved", interval
+    return ("higher" if interval.difference > 0 else "lower"), interval
 
 
 def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "seed") -> str:
     """What the sweep says, each mixing against the seed's, in numbers: notebook 06's conclusion.
 
-    A difference counts only where the two means ± spreads do not overlap;
-    inside them it is a tie, and with one seed there is no spread to judge by.
+    Each difference comes with its 95% interval, paired over the seeds the
+    mixings share (nbhelpers.stats); it counts only where the interval
+    excludes 0, and is "not resolved" otherwise. One seed gives no interval.
     """
     if reference not in groups or len(groups) < 2:
         return (f"Nothing to compare: the runs hold {', '.join(groups) or 'no mixing'}; the conclusion "
                 f"needs the {reference!r} mixing and at least one other.")
-    base_accuracy, base_use = _accuracy(groups[reference]), final_effective(groups[reference])
-    lines = [f"{reference}: {base_accuracy}% final test accuracy over {len(groups[reference])} seed(s); "
-             f"effective branches per block at the end: {', '.join(map(str, base_use))}"]
+    base = groups[reference]
+    base_accuracy, base_use = mixing_accuracy(base), final_effective(base)
+    lines = [f"{reference}: {mean_and_sd(list(base_accuracy.values()))}% final test accuracy over {len(base)} "
+             f"seed(s); effective branches per block at the end: "
+             f"{', '.join(mean_and_sd(list(block.values())) for block in base_use)}"]
     others = [mixing for mixing in groups if mixing != reference]
     against: dict[str, str] = {}
     more_branches = []
     for mixing in others:
-        accuracy, use = _accuracy(groups[mixing]), final_effective(groups[mixing])
-        against[mixing] = compare_spreads(accuracy, base_accuracy)
-        lines.append(f"{mixing}: {accuracy}% ({accuracy.mean - base_accuracy.mean:+.2f} points against "
-                     f"{reference}: {_SAID[against[mixing]]}); effective branches per block at the end: "
-                     f"{', '.join(map(str, use))}")
-        if all(compare_spreads(after, before) == "higher" for after, before in zip(use, base_use)):
+        accuracy, use = mixing_accuracy(groups[mixing]), final_effective(groups[mixing])
+        against[mixing], interval = _against(accuracy, base_accuracy)
+        said = (f"{interval} against {reference}, {verdict(interval, min(len(accuracy), len(base_accuracy)))}"
+                if interval else f"{statistics.fmean(accuracy.values()) - statistics.fmean(base_accuracy.values()):+.2f} "
+                f"points against {reference}, no interval with one seed")
+        lines.append(f"{mixing}: {mean_and_sd(list(accuracy.values()))}% ({said}); effective branches per "
+                     f"block at the end: {', '.join(mean_and_sd(list(block.values())) for block in use)}")
+        if all(_against(after, before)[0] == "higher" for after, before in zip(use, base_use)):
             more_branches.append(mixing)
-    kept, pairs = kept_first_choice(groups[reference])
-    lines += ["", "Conclusion:"]
+    kept, pairs = kept_first_choice(base)
+    lines += ["", "Conclusion (real: the 95% interval excludes 0):"]
     if any(len(runs) < 2 for runs in groups.values()):
-        lines.append("- with a single seed for some mixing there is no spread to judge a difference "
+        lines.append("- with a single seed for some mixing there is no interval to judge a difference "
                      "by: run the sweep with more seeds (seeds) before concluding anything.")
         return "\n".join(lines)
     if pairs:
         lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
-                     f"it at the end in {kept} of {pairs} blocks ({len(groups[reference])} seeds).")
+                     f"it at the end in {kept} of {pairs} blocks ({len(base)} seeds).")
     lines.append("- branches in use: " + (
-        f"{', '.join(more_branches)} use more branches than {reference} in every block, beyond the "
-        "seeds' spreads." if more_branches else
-        f"no mixing uses more branches than {reference} in every block beyond the seeds' spreads."))
+        f"{', '.join(more_branches)} use more branches than {reference} in every block (real in each)."
+        if more_branches else
+        f"no mixing uses more branches than {reference} in every block with an interval that excludes 0."))
     better = [m for m in others if against[m] == "higher"]
     worse = [m for m in others if against[m] == "lower"]
-    tied = [m for m in others if against[m] == "tie"]
+    unresolved = [m for m in others if against[m] == "unresolved"]
     parts = ([f"{', '.join(better)} more accurate than {reference}"] if better else []) + \
             ([f"{', '.join(worse)} less accurate than {reference}"] if worse else []) + \
-            ([f"{', '.join(tied)} tied with {reference}"] if tied else [])
-    lines.append(f"- accuracy against {reference}: {'; '.join(parts)} (differences beyond the seeds' spreads "
-                 "count, those inside them are ties).")
-    pairs_among = [(a, b, compare_spreads(_accuracy(groups[a]), _accuracy(groups[b])))
+            ([f"{', '.join(unresolved)} not resolved from {reference}"] if unresolved else [])
+    lines.append(f"- accuracy against {reference}: {'; '.join(parts)}.")
+    pairs_among = [(a, b, _against(mixing_accuracy(groups[a]), mixing_accuracy(groups[b])))
                    for k, a in enumerate(others) for b in others[k + 1:]]
     if pairs_among:
         lines.append("- accuracy among the others: " + "; ".join(
-            f"{a} against {b}: {'a tie' if v == 'tie' else a + ' ' + v}" for a, b, v in pairs_among) + ".")
+            f"{a} against {b}: {interval} ({'not resolved' if said == 'unresolved' else a + ' ' + said})"
+            for a, b, (said, interval) in pairs_among) + ".")
     if "equal" in others and better:
-        beats_equal = [m for m in better if m != "equal" and compare_spreads(
-            _accuracy(groups[m]), _accuracy(groups["equal"])) == "higher"]
+        beats_equal = [m for m in better if m != "equal" and _against(
+            mixing_accuracy(groups[m]), mixing_accuracy(groups["equal"]))[0] == "higher"]
         if beats_equal:
-            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal beyond the spreads: choosing "
-                         "branches image by image adds accuracy beyond averaging them.")
+            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal, real: choosing branches image by "
+                         "image adds accuracy beyond averaging them.")
         elif "equal" in better:
-            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
-                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
-                         "from using every branch, not from choosing between them image by image.")
+            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing, and no "
+                         "per-image mixing is resolved above equal: at this size the gain comes from using "
+                         "every branch, not (measurably) from choosing between them image by image.")
     if not better and not worse:
-        lines.append(f"- so: no difference in accuracy at this size; every mixing ties with {reference}.")
+        lines.append(f"- so: no difference in accuracy from {reference} is resolved at this size and "
+                     "number of seeds (the intervals above say how large one could still be).")
     return "\n".join(lines)

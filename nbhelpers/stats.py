@@ -35,7 +35,7 @@ from scipy import stats as scipy_stats
 
 from .errors import ExplainedError
 
-__all__ = ["Interval", "ComparisonError", "paired_interval", "welch_interval", "paired_bootstrap",
+__all__ = ["Interval", "ComparisonError", "mean_and_sd", "paired_interval", "welch_interval", "seed_interval", "paired_bootstrap",
            "mean_interval", "wilson_interval", "verdict", "seeds_needed", "RuleRates",
            "simulate_rules", "OLD_RULE", "PAIRED_RULE"]
 
@@ -78,6 +78,20 @@ class Interval(NamedTuple):
 Runs = Mapping[int, float] | Sequence[float]  # {rand_seed: value}, or values in seed order
 
 
+def mean_and_sd(values: Sequence[float], digits: int = 2) -> str:
+    """ "mean ± sd" of runs over seeds (the sample standard deviation), or the value alone for one run.
+
+    A description of the runs, how far one seed's run lands from the mean;
+    not a verdict: whether two settings differ is the intervals' question.
+    """
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return "no runs"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
 def paired_interval(first: Runs, second: Runs, confidence: float = CONFIDENCE) -> Interval:
     """first minus second, seed by seed: the mean of the per-seed differences and its t interval.
 
@@ -111,6 +125,17 @@ def welch_interval(first: Runs, second: Runs, confidence: float = CONFIDENCE) ->
     degrees = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
     half = _t_quantile(confidence, degrees) * standard_error
     return Interval(difference, difference - half, difference + half)
+
+
+def seed_interval(first: Mapping[int, float], second: Mapping[int, float],
+                  confidence: float = CONFIDENCE) -> Interval | None:
+    """first minus second for two settings' runs {rand_seed: value}: paired where they share every seed
+    (as a sweep's settings do), Welch's interval where they do not; None with fewer than 2 runs a side."""
+    if min(len(first), len(second)) < 2:
+        return None
+    if first.keys() == second.keys():
+        return paired_interval(first, second, confidence)
+    return welch_interval(first, second, confidence)
 
 
 def verdict(interval: Interval, n: int, unit: str = "seeds") -> str:

@@ -314,11 +314,11 @@ def _mixing_groups(folders):
     return mixing_groups(load_runs(folders))
 
 
-def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(tmp_path):
+def test_the_mixing_study_reads_run_folders_and_concludes_from_paired_intervals(tmp_path):
     folders = [_mixing_run_folder(tmp_path, "seed", s, acc, [0.9, 0.05, 0.05])
                for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
     folders += [_mixing_run_folder(tmp_path, "softmax", s, acc, [0.4, 0.3, 0.3])
-                for s, acc in ((1, 31.0), (2, 33.0), (3, 35.0))]
+                for s, acc in ((1, 31.0), (2, 35.0), (3, 33.0))]  # +1, +3, -1 against seed by seed
     folders += [_mixing_run_folder(tmp_path, "equal", s, acc, [1 / 3] * 3)
                 for s, acc in ((1, 40.0), (2, 41.0), (3, 42.0))]
     groups = _mixing_groups(list(reversed(folders)))
@@ -329,32 +329,34 @@ def test_the_mixing_study_reads_run_folders_and_concludes_from_the_seeds_spread(
     table = mixing_table(groups)
     assert "| seed | 3 | 32.00 ± 2.00 | 2.63 → 1.23 ± 0.00;" in table
     note = describe_mixing_study(groups)
-    assert "softmax: 33.00 ± 2.00% (+1.00 points against seed: a tie (inside the seeds' spreads))" in note
-    assert "equal: 41.00 ± 1.00% (+9.00 points against seed: higher, beyond the seeds' spreads)" in note
+    assert ("softmax: 33.00 ± 2.00% (+1.00 pp [-3.97, +5.97] against seed, not resolved with 3 seeds "
+            "(±4.97))") in note
+    assert "equal: 41.00 ± 1.00% (+9.00 pp [+6.52, +11.48] against seed, real)" in note
     assert "- seed's first choice: the branch with the largest share at epoch 0 still has it at the end " \
            "in 9 of 9 blocks (3 seeds)." in note
     assert "- branches in use: softmax, equal use more branches than seed in every block" in note
-    assert "- accuracy against seed: equal more accurate than seed; softmax tied with seed" in note
-    assert "- accuracy among the others: softmax against equal: softmax lower." in note
-    assert note.endswith("- so: equal, with no per-image weights at all, beats the seed's mixing and no "
-                         "per-image mixing beats equal beyond the spreads: at this size the gain comes "
-                         "from using every branch, not from choosing between them image by image.")
-    # A per-image mixing that beats equal beyond the spreads says so instead.
+    assert "- accuracy against seed: equal more accurate than seed; softmax not resolved from seed." in note
+    assert "- accuracy among the others: softmax against equal: -8.00 pp [-12.30, -3.70] (softmax lower)." in note
+    assert note.endswith("- so: equal, with no per-image weights at all, beats the seed's mixing, and no "
+                         "per-image mixing is resolved above equal: at this size the gain comes from using "
+                         "every branch, not (measurably) from choosing between them image by image.")
+    # A per-image mixing resolved above equal says so instead.
     folders += [_mixing_run_folder(tmp_path, "sigmoid", s, acc, [0.5, 0.3, 0.2])
                 for s, acc in ((1, 50.0), (2, 51.0), (3, 52.0))]
     assert describe_mixing_study(_mixing_groups(folders)).endswith(
-        "- so: sigmoid beat(s) equal beyond the spreads: choosing branches image by image adds accuracy "
+        "- so: sigmoid beat(s) equal, real: choosing branches image by image adds accuracy "
         "beyond averaging them.")
-    # One seed each: no spread, so no verdict.
+    # One seed each: no interval, so no verdict.
     single = _mixing_groups([folders[0], folders[3]])  # seed and softmax, one seed each
-    assert "with a single seed for some mixing there is no spread" in describe_mixing_study(single)
+    assert "with a single seed for some mixing there is no interval" in describe_mixing_study(single)
     assert "Nothing to compare" in describe_mixing_study(_mixing_groups(folders[3:6]))
 
 
-def test_the_mixing_study_says_no_difference_when_every_mixing_ties(tmp_path):
+def test_the_mixing_study_says_no_difference_is_resolved_when_none_is(tmp_path):
     folders = [_mixing_run_folder(tmp_path, mixing, s, acc, [0.6, 0.3, 0.1])
                for mixing in ("seed", "sigmoid") for s, acc in ((1, 30.0), (2, 32.0), (3, 34.0))]
     note = describe_mixing_study(_mixing_groups(folders))
-    assert "- accuracy against seed: sigmoid tied with seed" in note
+    assert "- accuracy against seed: sigmoid not resolved from seed." in note
     assert "- branches in use: no mixing uses more branches than seed in every block" in note
-    assert note.endswith("- so: no difference in accuracy at this size; every mixing ties with seed.")
+    assert note.endswith("- so: no difference in accuracy from seed is resolved at this size and number of "
+                         "seeds (the intervals above say how large one could still be).")

@@ -53,7 +53,8 @@ def test_runs_that_differ_only_in_their_seed_are_one_setting_with_a_spread(tmp_p
     assert {run.label for run in runs} == {"all runs"} and runs[0].varying == {}  # rand_seed is no label
     [setting] = C.group_settings(runs)
     assert [run.seed for run in setting.runs] == [1002, 1003, 1004]
-    assert setting.mean == 62.0 and setting.spread == 2.0  # the sample standard deviation
+    assert setting.mean == 62.0 and setting.sd == 2.0  # the sample standard deviation
+    assert setting.by_seed == {1002: 60.0, 1003: 62.0, 1004: 64.0}
 
 
 def test_settings_group_the_seeds_of_each_setting_and_the_table_gives_mean_and_spread(tmp_path):
@@ -62,31 +63,54 @@ def test_settings_group_the_seeds_of_each_setting_and_the_table_gives_mean_and_s
                                       ("sgd", "batch"): [55.0]})
     settings = C.group_settings(load_runs(list(reversed(folders))))
     assert [s.label for s in settings] == ["sgd, batch", "ranger, epoch", "ranger, batch"]
-    assert [len(s.runs) for s in settings] == [1, 3, 3] and math.isnan(settings[0].spread)
+    assert [len(s.runs) for s in settings] == [1, 3, 3] and math.isnan(settings[0].sd)
     table = C.markdown_table(settings).splitlines()
     assert table[0].startswith("| optimizer, scheduler_step | seeds | epochs | final test acc. (%), mean ± sd")
     assert table[4] == "| ranger, batch | 3 | 3 | 62.00 ± 2.00 | 60.00, 62.00, 64.00 | 2.0, 2.0, 2.0 |"
     assert table[2] == "| sgd, batch | 1 | 3 | 55.00 | 55.00 | 2.0 |"
 
 
-def test_a_difference_is_real_only_where_it_exceeds_the_sum_of_the_two_spreads(tmp_path):
-    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0],   # 62 +- 2
-                                      ("ranger", "epoch"): [50.0, 51.0, 52.0],   # 51 +- 1
-                                      ("sgd", "batch"): [57.0, 59.0, 61.0],      # 59 +- 2: 3 below, a tie
+def test_a_difference_is_real_only_where_its_paired_interval_excludes_zero(tmp_path):
+    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0],
+                                      ("ranger", "epoch"): [50.0, 51.0, 52.0],   # 10, 11, 12 below
+                                      ("sgd", "batch"): [59.0, 57.0, 61.0],      # 1, 5, 3 below: sd 2
                                       ("sgd", "epoch"): [58.0]})                 # one seed
     settings = C.group_settings(load_runs(folders))
     by_step = {d.first.label: d for d in C.differences_between(settings, "scheduler_step", "batch", "epoch")}
     assert set(by_step) == {"ranger, batch", "sgd, batch"}
-    assert by_step["ranger, batch"].value == 11.0 and by_step["ranger, batch"].spread == 3.0
-    assert by_step["ranger, batch"].verdict == "real"
-    assert by_step["sgd, batch"].verdict.startswith("unknown")
+    ranger = by_step["ranger, batch"]
+    # the mean of 10, 11, 12 and its t interval: 11 +- t(0.975, 2) * 1 / sqrt(3) = 11 +- 2.48
+    assert ranger.paired and ranger.value == 11.0 and ranger.verdict == "real"
+    assert ranger.interval.low == pytest.approx(11 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert by_step["sgd, batch"].verdict.startswith("no verdict") and by_step["sgd, batch"].interval is None
     [ranger_vs_sgd, ranger_vs_sgd_epoch] = C.against_the_first(settings)
     assert (ranger_vs_sgd.first.label, ranger_vs_sgd.second.label) == ("ranger, batch", "sgd, batch")
-    assert ranger_vs_sgd.value == 3.0 and ranger_vs_sgd.spread == 4.0 and ranger_vs_sgd.verdict == "tie"
+    # 3 points on average, but 1 to 5 by seed: 3 +- 4.97, which holds 0
+    assert ranger_vs_sgd.value == 3.0 and ranger_vs_sgd.verdict == "not resolved with 3 seeds (±4.97)"
+    assert ranger_vs_sgd.seeds_needed == 5  # t(3) * 2 / 2 = 3.18 >= 3; t(4) * 2 / sqrt(5) = 2.48 < 3
     assert ranger_vs_sgd_epoch.second.label == "sgd, epoch"
-    rows = C.differences_table([by_step["ranger, batch"], ranger_vs_sgd]).splitlines()
-    assert rows[2] == "| ranger, batch | ranger, epoch | +11.00 | 3.00 | real |"
-    assert rows[3] == "| ranger, batch | sgd, batch | +3.00 | 4.00 | tie |"
+    rows = C.differences_table([ranger, ranger_vs_sgd]).splitlines()
+    assert rows[2] == "| ranger, batch | ranger, epoch | 3, paired | +11.00 | [+8.52, +13.48] | real |  |"
+    assert rows[3] == ("| ranger, batch | sgd, batch | 3, paired | +3.00 | [-1.97, +7.97] | "
+                       "not resolved with 3 seeds (±4.97) | about 5 |")
+
+
+def test_runs_with_other_seeds_are_compared_unpaired_with_welchs_interval(tmp_path):
+    folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0]})
+    folders += [_fake_run(tmp_path / f"sgd-{k}", final, optimizer="sgd", scheduler_step="batch",
+                          rand_seed=2000 + k) for k, final in enumerate([50.0, 53.0])]
+    [ranger, sgd] = C.group_settings(load_runs(folders))
+    difference = C.SettingDifference(ranger, sgd)
+    assert not difference.paired and difference.seeds == 2 and difference.seeds_needed is None
+    scipy_stats = pytest.importorskip("scipy.stats")
+    expected = scipy_stats.ttest_ind([60.0, 62.0, 64.0], [50.0, 53.0], equal_var=False).confidence_interval()
+    assert difference.interval.low == pytest.approx(expected.low) and difference.interval.difference == 10.5
+
+
+def test_a_run_near_chance_is_named_not_averaged_away(tmp_path):
+    folders = _seeded_runs(tmp_path, {("sgd", "batch"): [40.0, 11.1, 42.0]})
+    settings = C.group_settings(load_runs(folders))
+    assert [run.seed for run in C.collapsed_runs(settings)] == [1003]
 
 
 def test_an_unfinished_run_says_so_and_a_folder_without_a_run_is_refused(tmp_path):
@@ -161,15 +185,3 @@ def test_lookahead_on_the_valley_syncs_every_k_steps_and_ends_steadier_than_with
     assert sum(late_with) < sum(late_without) and max(late_with) < max(late_without)
     assert RP.valley_loss(torch.zeros(2)) == 0 and math.isclose(
         RP.valley_loss(torch.tensor([1.0, -1.0])).item(), 0.05 * 8 * 2, rel_tol=1e-6)  # across only
-
-
-def test_spreads_tie_when_mean_plus_minus_spread_overlap():
-    a = C.Spread((30.0, 32.0, 34.0))  # mean 32, spread 2
-    assert (a.mean, a.spread) == (32.0, 2.0)
-    assert C.compare_spreads(C.Spread((34.0, 35.0, 36.0)), a) == "tie"     # 3 apart, 2 + 1 of spread
-    assert C.compare_spreads(C.Spread((35.0, 36.0, 37.0)), a) == "higher"  # 4 apart, beyond 2 + 1
-    assert C.compare_spreads(C.Spread((36.0, 37.0, 38.0)), C.Spread((30.0, 31.0, 32.0))) == "higher"
-    assert C.compare_spreads(C.Spread((30.0, 31.0, 32.0)), C.Spread((36.0, 37.0, 38.0))) == "lower"
-    assert C.compare_spreads(C.Spread((31.0, 32.0, 33.0)), C.Spread((32.5, 33.0, 33.5))) == "tie"
-    assert C.compare_spreads(C.Spread((40.0,)), C.Spread((30.0,))) == "unknown"
-    assert str(a) == "32.00 ± 2.00" and str(C.Spread((40.0,))) == "40.00"

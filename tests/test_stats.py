@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from nbhelpers import stats as S
 import torch
 from scipy import stats as scipy_stats
 
@@ -208,3 +209,17 @@ def test_the_wilson_interval_is_scipys_and_stays_inside_0_to_1():
         expected = scipy_stats.binomtest(int(k), int(n)).proportion_ci(method="wilson")
         assert (lo, hi) == (pytest.approx(expected.low), pytest.approx(expected.high))
     assert low[0] == pytest.approx(0) and high[0] > 0.2 and high[3] == pytest.approx(1) and low[3] < 0.8
+
+
+def test_seed_interval_pairs_shared_seeds_and_falls_back_to_welch_otherwise():
+    first, second = {1: 60.0, 2: 62.0, 3: 64.0}, {1: 50.0, 2: 51.0, 3: 52.0}
+    assert S.seed_interval(first, second) == S.paired_interval(first, second)
+    other_seeds = {7: 50.0, 8: 51.0, 9: 52.0}
+    assert S.seed_interval(first, other_seeds) == S.welch_interval(first, other_seeds)
+    assert S.seed_interval({1: 60.0}, {1: 50.0}) is None  # one run a side: no interval
+
+
+def test_mean_and_sd_describes_runs_and_a_single_run_without_an_sd():
+    assert S.mean_and_sd([60.0, 62.0, 64.0]) == "62.00 ± 2.00"
+    assert S.mean_and_sd([55.0]) == "55.00" and S.mean_and_sd([]) == "no runs"
+    assert S.mean_and_sd([1.25, 1.35], digits=1) == "1.3 ± 0.1"
