@@ -4,6 +4,7 @@
     python -m nbhelpers.jobs.sweep optimizers --list       # its runs, numbered, and how far each got
     python -m nbhelpers.jobs.sweep optimizers --commands   # the papermill command of each run
     python -m nbhelpers.jobs.sweep optimizers --index 3    # only run 3 (e.g. a cluster job array's task)
+    python -m nbhelpers.jobs.sweep optimizers --records reference/records   # and publish each run's records
 
 Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
 
@@ -14,6 +15,12 @@ Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
 Running the sweep again skips finished runs and resumes interrupted ones from their
 last checkpoint (-p resume True), so it is safe to stop and start. Runs go one after
 another; with several GPUs, one per GPU at a time (CUDA_VISIBLE_DEVICES).
+
+With --records DIR, each finished run's records (config.json, history.csv,
+steps.csv, branch_weights.csv: no weights) are copied to DIR/<sweep>-<size>/<run>/,
+and a run whose records are there is not trained again: committed, they carry
+a sweep across machines and sessions, and notebooks 05 and 06 compare from them
+in seconds (their parameter records_dir).
 """
 from __future__ import annotations
 
@@ -38,13 +45,13 @@ from ..config import (AUTO, NOT_CHANGING_THE_NUMBERS, SIZES, ConfigError, TrainC
 from ..errors import ExplainedError
 from ..runs.load import load_runs
 from ..runs.lock import FolderInUse, folder_lock, holder_of, is_locked
-from ..runs.folder import (CHECKPOINT, CONFIG, is_finished, read_config, settings_that_differ,
-                   stopped_before_first_epoch)
+from ..runs.folder import (CHECKPOINT, CONFIG, copy_records, is_finished, read_config,
+                           settings_that_differ, stopped_before_first_epoch)
 from ..runtime import PROJECT_ROOT, RUNS_DIR, project_path
 from .series import NOTEBOOKS_DIR
 
 __all__ = ["TRAINING_NOTEBOOK", "grid", "SWEEPS", "SweepError", "RUN_NAME", "SET_BY_THE_SWEEP",
-           "SWEEPABLE", "Entry", "Sweep", "make_sweep", "run_entry", "run_sweep", "main"]
+           "SWEEPABLE", "Entry", "Sweep", "make_sweep", "run_entry", "run_sweep", "publish_finished", "main"]
 
 TRAINING_NOTEBOOK = NOTEBOOKS_DIR / "03_train.ipynb"
 
@@ -92,6 +99,7 @@ class Entry:
     name: str
     parameters: dict[str, Any]
     folder: Path
+    record: Path | None = None   # where its records are published (the sweep's --records), if anywhere
 
     @property
     def run_dir(self) -> Path:
@@ -110,7 +118,9 @@ class Entry:
         return "running" if is_locked(self.folder) or is_locked(self.run_dir) else self.stage()
 
     def stage(self) -> str:
-        """'finished', 'interrupted' (a checkpoint to resume from) or 'new'."""
+        """'published' (its records are), 'finished', 'interrupted' (a checkpoint to resume from) or 'new'."""
+        if self.published():
+            return "published"
         if is_finished(self.run_dir) and _executed_without_error(self.notebook):
             return "finished"
         if (self.run_dir / CHECKPOINT).is_file():
@@ -128,18 +138,37 @@ class Entry:
             command += ["-p", name, str(value)]
         return command
 
-    def check_matches_its_folder(self) -> None:
-        """Refuse to count a finished run whose configuration is not this entry's."""
-        if not (self.run_dir / CONFIG).is_file():
+    def published(self) -> bool:
+        """Its records are published for every planned epoch, with this entry's settings."""
+        if self.record is None or not (self.record / CONFIG).is_file():
+            return False
+        self.check_matches_its_folder(self.record)
+        return load_runs([self.record])[0].finished
+
+    def results_folder(self) -> Path | None:
+        """Where a comparison reads this run: its published records, else its own folder once finished."""
+        stage = self.stage()
+        return self.record if stage == "published" else self.run_dir if stage == "finished" else None
+
+    def publish(self) -> Path | None:
+        """Copy its finished run's records to `record` (if the sweep publishes); returns where, or None."""
+        if self.record is None or not is_finished(self.run_dir):
+            return None
+        return copy_records(self.run_dir, self.record)
+
+    def check_matches_its_folder(self, folder: Path | None = None) -> None:
+        """Refuse to count a finished run (or its published records, `folder`) whose configuration is not this entry's."""
+        folder = self.run_dir if folder is None else folder
+        if not (folder / CONFIG).is_file():
             return
-        saved = read_config(self.run_dir).get("config", {})
+        saved = read_config(folder).get("config", {})
         training = {f.name for f in fields(TrainConfig)}  # the rest are 03's own (figures_dir)
         wanted = make_config(**{k: v for k, v in self.parameters.items() if k in training}).to_dict()
         differ = [f"{k}={saved.get(k)!r} there, {wanted[k]!r} here"
                   for k in settings_that_differ(saved, wanted)]
         if differ:
-            raise SweepError(f"{self.run_dir} holds a run with other settings ({'; '.join(differ)}). "
-                             "Remove that folder, or give the sweep another --folder.")
+            raise SweepError(f"{folder} holds a run with other settings ({'; '.join(differ)}). "
+                             "Remove that folder, or give the sweep another --folder (--records).")
 
 
 @dataclass
@@ -151,7 +180,8 @@ class Sweep:
 
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
                data_dir: str = "", folder: str | Path | None = None,
-               only: list[str] | tuple[str, ...] = (), seeds: int = 1) -> Sweep:
+               only: list[str] | tuple[str, ...] = (), seeds: int = 1,
+               records: str | Path | None = None) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
     Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, on a
@@ -159,6 +189,8 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
     `folder` (default runs/<sweep>-<size>/). `only` keeps the named runs (a list, or names separated
     by commas). `seeds=N` repeats every run with N seeds (rand_seed, rand_seed + 1, ...):
     the first keeps the run's name, the others are named <run>-seed2, <run>-seed3, ...
+    `records` (a folder, e.g. reference/records): each run's records are published in
+    records/<sweep>-<size>/<run>/, and a run published there is not trained again.
     """
     name, choices = _named_runs(runs)
     size = _pick_size(size, name)
@@ -170,6 +202,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
     root = project_path(folder) if folder else RUNS_DIR / f"{name}-{size}"  # relative: from the project
     root = root if root.is_absolute() else PROJECT_ROOT / root
     seeds = _check_seeds(seeds)
+    records_root = project_path(records) / f"{name}-{size}" if records else None
     entries = []
     for run_name, parameters in choices.items():
         if only and run_name not in only:
@@ -180,7 +213,8 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
             entry_folder = root / seeded
             entries.append(Entry(seeded, {"size": size, **parameters, "rand_seed": first_seed + k,
                                           "data_dir": data_dir, "run_dir": _relative(entry_folder / "run"),
-                                          "figures_dir": "", "progress": "log"}, entry_folder))
+                                          "figures_dir": "", "progress": "log"}, entry_folder,
+                                 records_root / seeded if records_root else None))
     _refuse_shared_folders(entries)
     return Sweep(f"{name}-{size}", entries, name)
 
@@ -239,8 +273,12 @@ def run_entry(entry: Entry, env: dict[str, str] | None = None, echo=print) -> st
 
 def _run_locked_entry(entry: Entry, env: dict[str, str] | None, echo) -> str:
     state = entry.stage()
+    if state == "published":
+        echo(f"{entry.name}: published already ({_relative(entry.record)}), skipped")
+        return "skipped"
     if state == "finished":
         entry.check_matches_its_folder()
+        _publish(entry, echo)
         echo(f"{entry.name}: finished already, skipped")
         return "skipped"
     if state == "interrupted":
@@ -262,7 +300,26 @@ def _run_locked_entry(entry: Entry, env: dict[str, str] | None, echo) -> str:
     summary = load_runs([entry.run_dir])[0]
     echo(f"{entry.name}: {len(summary.history)} epochs, final test accuracy {summary.final_acc:.2f}%, "
          f"{summary.seconds_per_epoch:.1f} s per epoch ({time.perf_counter() - started:.0f} s in all)")
+    _publish(entry, echo)
     return "resumed" if state == "interrupted" else "ran"
+
+
+def _publish(entry: Entry, echo) -> None:
+    published = entry.publish()
+    if published:
+        echo(f"{entry.name}: records published in {_relative(published)}")
+
+
+def publish_finished(sweep: Sweep, echo=print) -> int:
+    """Publish the records of every finished run that has none yet (the sweep's records folder); trains nothing.
+
+    Returns how many were published.
+    """
+    finished = [entry for entry in sweep.entries if entry.record and entry.stage() == "finished"]
+    for entry in finished:
+        entry.check_matches_its_folder()
+        _publish(entry, echo)
+    return len(finished)
 
 
 def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[str, str]:
@@ -458,10 +515,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="repeat every run with this many seeds (rand_seed, rand_seed + 1, ...)")
     parser.add_argument("--data-dir", default="", help="CIFAR-10's folder (default: as 03 finds it)")
     parser.add_argument("--folder", help="where the runs go (default: runs/<sweep>-<size>)")
+    parser.add_argument("--records", help="publish each finished run's records in RECORDS/<sweep>-<size>/<run>/ "
+                        "(no weights; e.g. reference/records), and train no run published there")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--list", action="store_true", help="list the runs and their state")
     action.add_argument("--commands", action="store_true",
                         help="print each run's papermill command, one per line")
+    action.add_argument("--publish", action="store_true",
+                        help="only publish the records of finished runs (needs --records); trains nothing")
     action.add_argument("--index", type=int, help="run only entry INDEX (0-based), e.g. "
                         "$SLURM_ARRAY_TASK_ID; finished: skipped, interrupted: resumed")
     args = parser.parse_args(argv)
@@ -469,8 +530,13 @@ def main(argv: list[str] | None = None) -> None:
     # is stopped with it (not orphaned) and resumes from its checkpoint next time.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder, seeds=args.seeds)
-        if args.list:
+        sweep = make_sweep(args.sweep, args.size, args.data_dir, args.folder, seeds=args.seeds,
+                           records=args.records)
+        if args.publish and not args.records:
+            raise SweepError("--publish copies finished runs' records to the folder --records names: give it")
+        if args.publish:
+            print(f"{sweep.name}: {publish_finished(sweep)} runs' records published")
+        elif args.list:
             for index, entry in enumerate(sweep.entries):
                 print(f"{index}  {entry.name:<28} {entry.state():<12} {_relative(entry.folder)}")
         elif args.commands:

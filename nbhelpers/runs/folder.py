@@ -54,7 +54,8 @@ import torch
 
 from ..config import NOT_CHANGING_THE_NUMBERS, ConfigError, TrainConfig, reached_the_last_epoch
 from ..errors import ExplainedError
-from ..runtime import PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, project_path
+from ..runtime import (PROJECT_ROOT, RUNS_DIR, cpu_has_fast_bf16, cpu_model, device_name, project_path,
+                       shown_path)
 from .lock import LOCK, check_not_in_use, folder_lock
 
 __all__ = ["CHECKPOINT", "HISTORY", "CONFIG", "WEIGHTS", "STEPS", "BRANCH_WEIGHTS", "TABLES",
@@ -66,13 +67,17 @@ __all__ = ["CHECKPOINT", "HISTORY", "CONFIG", "WEIGHTS", "STEPS", "BRANCH_WEIGHT
            "project_commit", "write_config", "read_config", "set_rng_state", "save_checkpoint",
            "load_safely", "load_checkpoint", "settings_that_differ", "check_resumable",
            "check_same_data", "choose_run_dir", "writing", "ResumePoint", "resume_point",
-           "restore_missing_files"]
+           "restore_missing_files", "RECORDS", "copy_records"]
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 STEPS, BRANCH_WEIGHTS = "steps.csv", "branch_weights.csv"
 # The tables a run keeps, by the Run attribute that holds each: rewritten after every
 # epoch, and kept in the checkpoint too, so a resumed run's tables equal an uninterrupted one's.
 TABLES = {"history": HISTORY, "steps": STEPS, "branch_weights": BRANCH_WEIGHTS}
+# A run's records: what a reader needs to compare it (05, 06) without its weights or checkpoint.
+# A sweep publishes them beside the reference run (committed, a few KB a run), so the
+# comparisons re-execute from them in seconds on any machine.
+RECORDS = (CONFIG, HISTORY, STEPS, BRANCH_WEIGHTS)
 # 2: the checkpoint also records the data it was trained on; 3: also what the run
 # resolved ("resolved": precision, memory layout, threads) and config.json's contents.
 CHECKPOINT_FORMAT = 3
@@ -354,6 +359,26 @@ def project_commit() -> str | None:
 
 def write_config(run_dir: Path, info: dict[str, Any]) -> None:
     atomic_write(run_dir / CONFIG, lambda fh: fh.write(json.dumps(info, indent=2).encode()))
+
+
+def copy_records(run_dir: Path, destination: Path) -> Path:
+    """Copy the run's RECORDS (those it has) into `destination`, each written whole (atomic_write).
+
+    config.json's data folder is written as the series shows a path (relative to
+    the project where it lies inside it), so a published record names no folder
+    of the machine it ran on.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    info = read_config(run_dir)
+    data = info.get("data")
+    if isinstance(data, dict) and data.get("folder"):
+        info = dict(info, data=dict(data, folder=shown_path(data["folder"])))
+    write_config(destination, info)
+    for name in RECORDS[1:]:
+        if (run_dir / name).is_file():
+            table = (run_dir / name).read_bytes()
+            atomic_write(destination / name, lambda fh, table=table: fh.write(table))
+    return destination
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
