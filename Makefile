@@ -26,26 +26,28 @@ help:
 demo: $(STAMP) ## the main job: notebooks 01-04 (full size on a CUDA GPU, the CPU demo elsewhere)
 	$(PY) -m nbhelpers.jobs.series
 
-# The sweep that notebook 05 compares, resumable, each run over 3 seeds (README: Sweeps); SWEEP=parts for another.
+# The sweep that notebook 05 compares, resumable, each run over 5 seeds (README: Sweeps); SWEEP=parts for another.
 SWEEP ?= optimizers
 .PHONY: sweep compare
-sweep: $(STAMP) ## the sweep 05 compares, 3 seeds a setting, resumable (SWEEP=parts for Ranger's parts)
-	$(PY) -m nbhelpers.jobs.sweep $(SWEEP) --seeds 3
+sweep: $(STAMP) ## the sweep 05 compares, 5 seeds a setting, resumable (SWEEP=parts for Ranger's parts)
+	$(PY) -m nbhelpers.jobs.sweep $(SWEEP) --seeds 5
 
 # The seed's question at the seed's step count: Ranger and AdamW, each stepped per batch and per
 # epoch, 3 seeds each (12 runs of 23,460 steps at the size long on a CPU: hours, resumable; full on a GPU).
+# Each finished run's records go to reference/records/ (commit them: the sweep then goes on elsewhere);
+# notebook 07 reads them.
 .PHONY: schedule
 schedule: $(STAMP) ## the sweep schedule: Ranger and AdamW per batch and per epoch at the size long, 3 seeds (hours on a CPU)
-	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3
+	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3 --records reference/records
 
-# Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 3 seeds
-# (24 + 12 runs of the size small on a CPU; Ranger per batch is trained in both).
+# Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 5 seeds
+# (40 + 20 runs of the size small on a CPU; Ranger per batch is trained in both).
 compare: $(STAMP) ## notebook 05 on the sweeps optimizers and parts, training what is missing first
 	mkdir -p runs
-	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep optimizers -p seeds 3 --log-output
-	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare-parts.ipynb -p sweep parts -p seeds 3 --log-output
+	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare.ipynb -p sweep optimizers -p seeds 5 --log-output
+	$(VENV)/bin/papermill notebooks/05_compare.ipynb runs/05_compare-parts.ipynb -p sweep parts -p seeds 5 --log-output
 
-# Notebook 06: runs what is missing of the mixing sweep (4 mixings x 3 seeds; small on a CPU), then compares them.
+# Notebook 06: runs what is missing of the mixing sweep (4 mixings x 5 seeds; small on a CPU), then compares them.
 .PHONY: study
 study: $(STAMP) ## notebook 06 on the mixing sweep, training what is missing first
 	mkdir -p runs

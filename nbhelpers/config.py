@@ -15,8 +15,8 @@ parameter given explicitly (`-p num_epochs 3`) wins over its size's value.
 
 | size  | what it is                                   | what it cost where it was measured              |
 | ----- | -------------------------------------------- | ----------------------------------------------- |
-| full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on two    |
-|       |                                              | CPU cores about 8 hours per epoch, weeks in all)|
+| full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on a CPU  |
+|       |                                              | not measured, and not practical)                |
 | long  | the seed's 23,460 steps on a CPU: width 8,   | width 8 has the fastest CPU step of widths 4-32 |
 |       | 60 epochs, all data (the `schedule` sweep's; | (benchmarks/RESULTS.md): about half an hour per |
 |       | r_t and the schedule depend on the steps)    | run on one loaded Xeon core                     |

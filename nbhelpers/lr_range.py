@@ -11,7 +11,7 @@ moves (the rate is too small to matter), then it falls ever faster, then it
 turns and climbs: the rate has become too large. The test stops where the loss
 diverges. It serves the series' comparison of optimizers (notebook 05): does
 the series' max_lr of 0.1 suit Ranger and AdamW both, or does one only survive
-it? (`at_suggested_max_lr` makes the sweep that asks.)
+it? (`at_suggested_max_lr` makes the sweep that asks; notebook 07 runs it.)
 
 Reading the curve. One batch's loss is noisy, so the curve read is fastai's:
 exponentially smoothed (beta 0.98) and bias-corrected like Adam's moments.
@@ -146,17 +146,18 @@ def lr_range_test(optimizer: str = "ranger", *, size: str = "small", start_lr: f
     return _summarize(config.optimizer, config.size, lrs, losses, steps, beta2)
 
 
-def at_suggested_max_lr(test: RangeTest, against: str = "ranger") -> dict[str, dict[str, Any]]:
-    """A sweep's runs: test.optimizer at its own suggested max_lr, against `against` at the series' 0.1.
+def at_suggested_max_lr(test: RangeTest) -> dict[str, dict[str, Any]]:
+    """A sweep's run: test.optimizer at its own suggested max_lr (3 significant digits), named by it.
 
-    So that a comparison can tell an optimizer that wins from one that only
-    survives a max_lr too high for the other. Give it to nbhelpers.jobs.sweep
-    (make_sweep, or as a JSON file: `python -m nbhelpers.jobs.sweep FILE.json
-    --size small --seeds 5`); its runs share their seeds, so they pair.
+    Run over seeds (nbhelpers.jobs.sweep.make_sweep(..., name="own-lr")) and set
+    against the sweep `optimizers`' Ranger per batch at the series' 0.1: the
+    seeds are the same, so the runs pair, and the comparison can tell an
+    optimizer that wins from one that only survives a max_lr too high for the
+    other (notebook 07). The lr is in the name, so a test that suggests another
+    rate on another machine makes a run of its own instead of clashing with this one.
     """
-    return {against: {"optimizer": against},
-            f"{test.optimizer}-own-lr": {"optimizer": test.optimizer,
-                                         "max_lr": float(f"{test.suggested_max_lr:.3g}")}}
+    max_lr = float(f"{test.suggested_max_lr:.3g}")
+    return {f"{test.optimizer}-lr{max_lr:g}": {"optimizer": test.optimizer, "max_lr": max_lr}}
 
 
 def smoothed_losses(losses: list[float], beta: float = SMOOTHING) -> list[float]:

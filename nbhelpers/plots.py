@@ -26,7 +26,7 @@ from .runtime import project_path
 __all__ = ["FiguresError", "MISTAKE", "CORRECT", "SPLIT_COLORS", "BRANCH_COLORS", "mark_figures",
            "save", "as_hwc", "image_grid", "class_examples", "class_balance", "steps_per_epoch_of",
            "training_curves", "learning_rate_schedules", "rectification", "lookahead_paths",
-           "one_cycle", "run_comparison", "setting_accuracies", "gradient_centralization",
+           "one_cycle", "run_comparison", "setting_accuracies", "differences", "rule_simulation", "gradient_centralization",
            "effective_step"]
 
 
@@ -367,48 +367,123 @@ def _curves_of(setting) -> list[tuple[list[float], list[list[float]], bool]]:
                          for key in ("test_loss", "test_acc")]
 
 
-def run_comparison(settings: Sequence) -> Figure:
-    """Training loss every few steps, test loss and test accuracy per epoch, for each setting.
-
-    `settings` are nbhelpers.compare.Setting: each line is the mean over the
-    setting's seeds, the band around it ± one standard deviation. The training
-    loss comes from steps.csv (per epoch from history.csv where a run has none).
-    """
-    looks = _looks(settings)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+def _panels_of(settings: Sequence) -> dict[str, list]:
+    """The settings grouped by the first parameter that differs (a panel each), in the order they appear."""
+    varying = list(settings[0].varying) if settings and settings[0].varying else []
+    panels: dict[str, list] = {}
     for setting in settings:
-        look = looks[setting.label]
-        for ax, (x, rows, per_step) in zip(axes, _curves_of(setting)):
-            mean, spread = _mean_and_spread(rows)
-            x = np.asarray(x[:len(mean)])
-            ax.plot(x, mean, label=f"{setting.label} ({_seeds(setting)})",
-                    linewidth=0.9 if per_step else 1.3, marker=None if per_step else ".", **look)
-            ax.fill_between(x, mean - spread, mean + spread, color=look["color"], alpha=0.15, linewidth=0)
-    _per_epoch_axes(axes, ("Training loss (every few steps)", "Test loss (after each epoch)",
-                           "Test accuracy (after each epoch)"),
-                    ("cross-entropy (nats)", "cross-entropy (nats)", "accuracy (%)"))
-    names = ", ".join(settings[0].varying) if settings and settings[0].varying else "setting"
-    axes[2].legend(fontsize=8, title=f"{names}: mean over seeds, band ± sd", title_fontsize=8,
-                   loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, not on them
+        key = str(setting.varying[varying[0]]) if varying else setting.label
+        panels.setdefault(key, []).append(setting)
+    return panels
+
+
+def run_comparison(settings: Sequence) -> Figure:
+    """Small multiples: a row per value of the first parameter that differs (in the default sweep the
+    optimizer), the training loss every few steps (steps.csv) and the test accuracy per epoch.
+
+    `settings` are nbhelpers.compare.Setting. In a row, each setting has its
+    colour and line style (by the second parameter that differs, e.g. per batch
+    solid, per epoch dashed); every seed is a thin line and the setting's mean
+    over its seeds a thick one, so a seed that goes its own way shows as itself.
+    All rows share their axes, so rows compare at a glance.
+    """
+    panels = _panels_of(settings)
+    looks = _looks(settings)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(13, 2.6 * len(panels) + 0.6), squeeze=False,
+                             sharex="col", sharey="col")
+    for (name, members), (loss_ax, acc_ax) in zip(panels.items(), axes):
+        for setting in members:
+            look = looks[setting.label]
+            training, _, accuracy = _curves_of(setting)
+            for ax, (x, rows, per_step) in ((loss_ax, training), (acc_ax, accuracy)):
+                for rows_of_a_seed in rows:
+                    ax.plot(x[:len(rows_of_a_seed)], rows_of_a_seed, color=look["color"],
+                            linestyle=look["linestyle"], linewidth=0.5, alpha=0.35)
+                mean, _ = _mean_and_spread(rows)
+                ax.plot(x[:len(mean)], mean, color=look["color"], linestyle=look["linestyle"],
+                        linewidth=1.8, marker=None if per_step else ".",
+                        label=f"{setting.label} ({_seeds(setting)})")
+        loss_ax.set_ylabel(f"{name}\ntraining loss (nats)")
+        acc_ax.set_ylabel("test accuracy (%)")
+        acc_ax.legend(fontsize=8, loc="lower right")
+        for ax in (loss_ax, acc_ax):
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_title("Training loss, every few steps (steps.csv)")
+    axes[0, 1].set_title("Test accuracy after each epoch")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("Thin lines: each seed; thick: the mean over the seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def setting_accuracies(settings: Sequence) -> Figure:
-    """Each setting's final test accuracy: every seed a dot, the mean ± one sd a black bar."""
+    """Each setting's final test accuracy: every seed a dot, the mean ± one sd a black bar (a description
+    of the runs; whether two settings differ is `differences`' question)."""
     looks = _looks(settings)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(settings) + 1.5))
     for row, setting in enumerate(settings):
         ax.scatter(setting.finals, [row] * len(setting.finals), color=looks[setting.label]["color"],
                    alpha=0.7, s=28, zorder=3)
-        spread = 0 if np.isnan(setting.spread) else setting.spread
-        ax.errorbar(setting.mean, row, xerr=spread, fmt="|", color="black", markersize=14, capsize=5,
-                    zorder=4)
+        sd = 0 if np.isnan(setting.sd) else setting.sd
+        ax.errorbar(setting.mean, row, xerr=sd, fmt="|", color="black", markersize=14, capsize=5, zorder=4)
     ax.set_yticks(range(len(settings)), [f"{s.label} ({_seeds(s)})" for s in settings])
     ax.invert_yaxis()
     ax.set_xlabel("final test accuracy (%)")
     ax.set_title("Final test accuracy: each seed (dots), mean ± one standard deviation (black)")
     ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def differences(comparisons: Sequence) -> Figure:
+    """A row per nbhelpers.compare.SettingDifference: each seed's difference as a dot (paired runs), the
+    mean difference with its 95% interval as a bar, green where the interval excludes 0 (real)."""
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(comparisons) + 1.6))
+    for row, comparison in enumerate(comparisons):
+        if comparison.paired:
+            per_seed = [comparison.first.by_seed[seed] - comparison.second.by_seed[seed]
+                        for seed in comparison.first.by_seed]
+            ax.scatter(per_seed, [row] * len(per_seed), color="tab:gray", alpha=0.7, s=22, zorder=3)
+        interval = comparison.interval
+        if interval is not None:
+            color = "tab:green" if interval.is_real else "tab:orange"
+            ax.errorbar(interval.difference, row, xerr=[[interval.difference - interval.low],
+                                                        [interval.high - interval.difference]],
+                        fmt="o", color=color, capsize=5, markersize=6, zorder=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(comparisons)),
+                  [f"{c.first.label}  −  {c.second.label}" for c in comparisons])
+    ax.invert_yaxis()
+    ax.set_xlabel("difference in final test accuracy (percentage points)")
+    ax.set_title("Each seed's difference (grey) and the mean's 95% interval: green excludes 0 (real), "
+                 "orange does not", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def rule_simulation(rates: Sequence, effect: float, nominal: float = 0.05) -> Figure:
+    """Two rules on simulated comparisons (nbhelpers.stats.simulate_rules): how often each calls a
+    difference real when there is none (left) and when there is one of `effect` sd (right), by seeds."""
+    fig, (false_ax, power_ax) = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
+    for rule, marker in zip(dict.fromkeys(rate.rule for rate in rates), ("s", "o")):
+        rows = [rate for rate in rates if rate.rule == rule]
+        seeds = [rate.seeds for rate in rows]
+        false_ax.plot(seeds, [100 * rate.false_positives for rate in rows], marker=marker, label=rule)
+        power_ax.plot(seeds, [100 * rate.power for rate in rows], marker=marker, label=rule)
+    false_ax.axhline(100 * nominal, color="black", linewidth=0.8, linestyle=":",
+                     label=f"{nominal:.0%}: what a 95% interval promises")
+    false_ax.set_title("No true difference: how often it is called real", fontsize=10)
+    power_ax.set_title(f"A true difference of {effect:g} sd: how often it is found", fontsize=10)
+    for ax in (false_ax, power_ax):
+        ax.set_xlabel("seeds per setting")
+        ax.set_ylabel("% of simulated comparisons")
+        ax.set_xticks(sorted({rate.seeds for rate in rates}))
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    false_ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

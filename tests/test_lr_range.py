@@ -109,14 +109,16 @@ def test_the_figure_marks_each_suggestion_and_the_series_max_lr(synthetic_data):
     assert len(plots.lr_range_tests(tests[1:]).axes) == 1  # AdamW alone: nothing to re-read
 
 
-def test_a_sweep_of_an_optimizer_at_its_own_suggestion_against_ranger_runs_as_any_sweep(tmp_path):
+def test_a_sweep_of_an_optimizer_at_its_own_suggestion_runs_as_any_sweep_and_pairs_with_ranger(tmp_path):
     from nbhelpers.jobs.sweep import make_sweep
     from nbhelpers.lr_range import RangeTest
     found = RangeTest("adamw", "small", (1e-3, 1e-2), (2.3, 2.2), (2.3, 2.25), 0.0123456, 0.00123456,
                       0.005, None, None)
     runs = at_suggested_max_lr(found)
-    sweep = make_sweep(runs, size="tiny", folder=tmp_path, seeds=2)
+    sweep = make_sweep(runs, size="tiny", folder=tmp_path, seeds=2, name="own-lr")
+    assert sweep.name == "own-lr-tiny" and sweep.sweep == "own-lr"
     assert [(e.name, e.parameters["optimizer"], e.parameters.get("max_lr"), e.parameters["rand_seed"])
-            for e in sweep.entries] == [("ranger", "ranger", None, 1002), ("ranger-seed2", "ranger", None, 1003),
-                                        ("adamw-own-lr", "adamw", 0.00123, 1002),
-                                        ("adamw-own-lr-seed2", "adamw", 0.00123, 1003)]
+            for e in sweep.entries] == [("adamw-lr0.00123", "adamw", 0.00123, 1002),
+                                        ("adamw-lr0.00123-seed2", "adamw", 0.00123, 1003)]
+    ranger = make_sweep("optimizers", size="tiny", folder=tmp_path, seeds=2, only=["ranger-batch"])
+    assert [e.parameters["rand_seed"] for e in ranger.entries] == [1002, 1003]  # the same seeds: they pair

@@ -215,3 +215,48 @@ def test_run_names_that_collide_after_seeding_are_refused_up_front(tmp_path):
     with pytest.raises(S.SweepError, match="share the folder of a-seed2"):
         S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path, seeds=2)
     assert len(S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path).entries) == 2
+
+
+def _finished_by_hand(entry, data_folder):
+    """An entry's folder as a finished run leaves it (config.json, the tables, model.pt, an executed 03),
+    written directly: the records' logic needs no training."""
+    from nbhelpers.runs.folder import write_table
+    config = make_config(**{k: v for k, v in entry.parameters.items()
+                            if k not in ("figures_dir",)}).to_dict()
+    entry.run_dir.mkdir(parents=True)
+    (entry.run_dir / "config.json").write_text(json.dumps({"config": config, "data": {"folder": str(data_folder)}}))
+    write_table(entry.run_dir / "history.csv", [{"epoch": e, "train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0,
+                                                 "test_acc": 40.0 + e, "lr": 0.01, "seconds": 1.0}
+                                                for e in range(1, config["num_epochs"] + 1)])
+    write_table(entry.run_dir / "steps.csv", [{"step": 1, "train_loss": 1.0, "lr": 0.01, "beta1": 0.9}])
+    (entry.run_dir / "model.pt").write_bytes(b"weights")
+    entry.notebook.write_text(json.dumps({"metadata": {"papermill": {"end_time": "now", "exception": None}}}))
+
+
+def test_published_records_carry_a_sweep_without_weights_and_are_not_trained_again(tmp_path, monkeypatch):
+    from nbhelpers.runtime import PROJECT_ROOT
+    records = tmp_path / "records"
+    sweep = S.make_sweep({"a": {}}, size="tiny", folder=tmp_path / "runs", seeds=2, records=records)
+    first, second = sweep.entries
+    assert first.record == records / "sweep-tiny" / "a" and second.record == records / "sweep-tiny" / "a-seed2"
+    _finished_by_hand(first, PROJECT_ROOT / "data" / "cifar-10-batches-py")
+    assert [first.stage(), second.stage()] == ["finished", "new"]
+    assert S.publish_finished(sweep, echo=lambda _: None) == 1
+    assert sorted(p.name for p in first.record.iterdir()) == ["config.json", "history.csv", "steps.csv"]
+    published = json.loads((first.record / "config.json").read_text())
+    assert published["data"]["folder"] == "data/cifar-10-batches-py"  # no folder of this machine
+    assert first.stage() == "published" and first.results_folder() == first.record
+    assert second.results_folder() is None
+    said = []
+    assert S.run_entry(first, echo=said.append) == "skipped" and "published already" in said[0]
+    # Published records with other settings are refused, not counted.
+    (first.record / "config.json").write_text(json.dumps(dict(published, config=dict(published["config"],
+                                                                                       num_epochs=60))))
+    with pytest.raises(S.SweepError, match="other settings"):
+        first.stage()
+
+
+def test_publish_needs_a_records_folder():
+    with pytest.raises(SystemExit) as stopped:
+        S.main(["optimizers", "--size", "tiny", "--publish"])
+    assert str(stopped.value.code).startswith("error: --publish") and "--records" in str(stopped.value.code)

@@ -5,11 +5,14 @@
 
 One command does it all: it runs the series (01-04 at the size given; 05, on
 the sweeps optimizers and parts, and 06 at the sweeps' CPU size, `small`, as
-`make compare` and `make study` do), then copies what a reader should see
-without running anything into the repository:
+`make compare` and `make study` do; 07 on the sweep schedule as far as it is
+trained), then copies what a reader should see without running anything into
+the repository:
 
     reference/<name>/*.ipynb       the executed notebooks, outputs included
     reference/<name>/results.json  the numbers of the run, for the tables below
+    reference/records/<sweep>-<size>/<run>/  each sweep run's records (no weights):
+                                   05-07 compare from them, training only what is missing
     figures/ (a full run) or figures/<size>/   the PNGs the notebooks saved
     README.md                      its Results table, rewritten between two markers
 
@@ -32,19 +35,24 @@ from ..runs.folder import read_config, read_history
 from ..runtime import PROJECT_ROOT, shown_path
 from ..config import SIZES, pick_size
 
-__all__ = ["REFERENCE_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOTEBOOKS", "SEED_ROW",
+__all__ = ["REFERENCE_DIR", "RECORDS_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOTEBOOKS", "SEED_ROW",
            "figures_dir_for", "run_reference", "publish", "summarize", "reference_results",
            "results_table", "write_readme_results", "main"]
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
 RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.jobs.reference -->", "<!-- results end -->"
-# The sweeps' notebooks run at the CPU sweep size in every reference run: at full size
-# a sweep is many 60-epoch runs, and on a GPU `small` takes seconds a run. As
-# `make compare` and `make study`: 05 on two sweeps, 06 on the mixings, 3 seeds each.
-SWEEP_NOTEBOOKS = {"05_compare": ("05_compare", {"sweep": "optimizers", "seeds": 3}),
-                   "05_compare-parts": ("05_compare", {"sweep": "parts", "seeds": 3}),
-                   "06_branch_mixing": ("06_branch_mixing", {"seeds": 3})}
+# The sweeps' notebooks run at the CPU sweep size in every reference run (at full size a sweep
+# is many 60-epoch runs, and on a GPU `small` takes seconds a run): 05 on two sweeps and 06 on
+# the mixings, 5 seeds each; 07 on the sweep schedule at its CPU size, long, which it does not
+# train (hours: `make schedule` does, resumably), and on AdamW at its own max_lr at small.
+# Every sweep compares from, and publishes to, RECORDS_DIR: what is published is not trained again.
+RECORDS_DIR = PROJECT_ROOT / "reference" / "records"
+SWEEP_NOTEBOOKS = {"05_compare": ("05_compare", {"sweep": "optimizers", "seeds": 5, "size": "small"}),
+                   "05_compare-parts": ("05_compare", {"sweep": "parts", "seeds": 5, "size": "small"}),
+                   "06_branch_mixing": ("06_branch_mixing", {"seeds": 5, "size": "small"}),
+                   "07_schedule": ("07_schedule", {"seeds": 3, "lr_seeds": 5, "lr_size": "small",
+                                                   "train_long": False})}
 # The seed's own result, as its notebook printed it (not a run of this project).
 SEED_ROW = {"name": "the seed (its Colab notebook)", "device": "a Colab GPU (not recorded)",
             "epochs": 60, "final_test_acc": 88.39, "best_test_acc": 89.21, "best_epoch": 55,
@@ -66,7 +74,8 @@ def run_reference(name: str, size: str) -> Path:
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
     for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
-        parameters = dict(parameters, size="small", figures_dir=shown_path(figures), data_dir=_data_dir_of(base))
+        parameters = dict(parameters, records_dir=shown_path(RECORDS_DIR), figures_dir=shown_path(figures),
+                          data_dir=_data_dir_of(base))
         print(f"--- {notebook} -> {output}.ipynb {parameters}", flush=True)
         run_notebook(notebook, executed / f"{output}.ipynb", parameters)
     return publish(name, size, base)

@@ -31,7 +31,7 @@ from ..runs.folder import CHECKPOINT, is_finished
 from ..runtime import PROJECT_ROOT, RUNS_DIR, shown_path
 from ..config import SIZES, WHAT, pick_size
 
-__all__ = ["NOTEBOOKS_DIR", "NOTEBOOKS", "COMPARE", "STUDY", "ALL_NOTEBOOKS", "series_parameters",
+__all__ = ["NOTEBOOKS_DIR", "NOTEBOOKS", "COMPARE", "STUDY", "SCHEDULE", "ALL_NOTEBOOKS", "series_parameters",
            "demo_data_dir", "make_room", "run_series", "run_notebook", "main"]
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -42,13 +42,16 @@ NOTEBOOKS = ("01_data_exploration", "02_model", "03_train", "04_evaluate")
 COMPARE = "05_compare"
 # What the branch mixing should have been: its own job too (`make study`), a sweep of mixings.
 STUDY = "06_branch_mixing"
-ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE, STUDY)
+# The seed's question at the seed's step count, and the lr range test: its own job too (`make schedule`).
+SCHEDULE = "07_schedule"
+ALL_NOTEBOOKS = NOTEBOOKS + (COMPARE, STUDY, SCHEDULE)
 
 def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str = "") -> dict:
     """The papermill parameters of each notebook, for a named size (nbhelpers.config.SIZES).
 
-    At the tests' size, 05 and 06 are included, each on a sweep of its own: per-batch
-    and per-epoch Ranger over two seeds; the seed's and softmax mixing over one.
+    At the tests' size, 05, 06 and 07 are included, each on sweeps of its own: per-batch
+    and per-epoch Ranger over two seeds; the seed's and softmax mixing over one; 07's
+    range tests, AdamW at its own max_lr and the schedule sweep's Ranger runs, over two.
     """
     # Paths inside the project as relative ones: the executed notebooks name no folder of this machine.
     common = {"figures_dir": shown_path(figures_dir), "data_dir": shown_path(data_dir) if data_dir else ""}
@@ -68,6 +71,10 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
         # Two mixings, one seed each: no spread, so 06 says it gives no verdict.
         parameters[STUDY] = dict(common, size="tiny", seeds=1, only="seed,softmax",
                                  sweep_dir=shown_path(run_dir.parent / "mixing-sweep"))
+        # Short range tests; Ranger per batch and per epoch over two seeds, trained here at tiny.
+        parameters[SCHEDULE] = dict(common, size="tiny", seeds=2, schedule_only="ranger-batch,ranger-epoch",
+                                    lr_size="tiny", lr_seeds=2, range_steps=40, train_long=True,
+                                    sweeps_dir=shown_path(run_dir.parent / "sweeps"))
     return parameters
 
 

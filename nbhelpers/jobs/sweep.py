@@ -181,7 +181,7 @@ class Sweep:
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
                data_dir: str = "", folder: str | Path | None = None,
                only: list[str] | tuple[str, ...] = (), seeds: int = 1,
-               records: str | Path | None = None) -> Sweep:
+               records: str | Path | None = None, name: str | None = None) -> Sweep:
     """The sweep named `runs` (a key of SWEEPS, a JSON file, or a dict {run name: parameters}).
 
     Every run gets the named `size` (nbhelpers.config.SIZES; "auto": full on a GPU, on a
@@ -191,8 +191,10 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
     the first keeps the run's name, the others are named <run>-seed2, <run>-seed3, ...
     `records` (a folder, e.g. reference/records): each run's records are published in
     records/<sweep>-<size>/<run>/, and a run published there is not trained again.
+    `name` names a sweep given as a dict (its folders' names; default "sweep").
     """
-    name, choices = _named_runs(runs)
+    named, choices = _named_runs(runs)
+    name = _check_sweep_name(name) if name is not None else named
     size = _pick_size(size, name)
     if isinstance(only, str):  # papermill's -p only a,b passes one string
         only = [run_name.strip() for run_name in only.split(",") if run_name.strip()]
@@ -232,6 +234,13 @@ def _first_seed(run_name: str, size: str, parameters: dict[str, Any], seeds: int
         raise SweepError(f"{run_name}: rand_seed {first} with {seeds} seeds goes up to "
                          f"{first + seeds - 1}, past the largest seed ({error})") from None
     return first
+
+
+def _check_sweep_name(name: Any) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise SweepError(f"name={name!r} is not allowed: a sweep's name becomes a folder's name, so it "
+                         "must be 1 to 100 letters, digits, '.', '_', '+', '=' or '-'")
+    return name
 
 
 def _refuse_shared_folders(entries: list[Entry]) -> None:
