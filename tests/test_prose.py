@@ -44,6 +44,7 @@ ALLOWED = {
     # How results are stated
     "95%": "the confidence level of the intervals: a choice of method, not a result",
     "0%": "the bottom of a percentage scale",
+    "5%": "1 - 95%: how often a 95% interval excludes 0 when nothing is there, by construction",
     "100": "what percentages sum to",
     # CIFAR-10 itself
     "32": "the images' side in pixels",
@@ -52,6 +53,9 @@ ALLOWED = {
     "50000": "CIFAR-10's training images",
     "10000": "CIFAR-10's test images",
     "60000": "CIFAR-10's images in all",
+    "10%": "chance on CIFAR-10's ten classes",
+    "23460": "the seed's training steps: 60 epochs of 391 batches of 128",
+    "391": "batches of 128 in CIFAR-10's 50,000 training images",
     # Published results of others, each cited where it is typed (03)
     "93.57%": "ResNet-110 on CIFAR-10, He et al. (2016), Table 6",
     "93.02%": "ResNet-18 on CIFAR-10, kuangliu/pytorch-cifar's README",
