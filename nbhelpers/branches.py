@@ -36,18 +36,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig, build_model
+from itertools import islice
+
+from .config import ConfigError, TrainConfig, build_model
 from .data import CifarLoader, Split
 from .errors import ExplainedError
 from .evaluation import infer, mixing_overridden
 from .stats import Interval, paired_bootstrap
 from .model import MixingOverride, Model
+from .train import build_optimizer, build_scheduler, train_epoch
 
 __all__ = ["fixed_weights", "without_branch", "mean_weight_per_class", "standard_error_per_class",
            "describe_class_differences", "most_extreme_images", "extreme_image_rows",
            "initial_model", "weight_shares", "shares_of", "effective_branches", "moved_share",
            "leading_branch", "describe_branch_use", "compare_branch_use", "BranchRecordError",
            "BranchHistory", "branch_history", "score_gradients", "describe_score_gradients",
+           "ScoreUpdates", "score_updates", "describe_score_updates",
            "AblationRow", "ablation_changes", "ablation", "verdict", "format_ablation",
            "branch_use_rows", "branch_use_table", "describe_ablation", "costliest_removal"]
 
@@ -317,6 +321,100 @@ def describe_score_gradients(weights: torch.Tensor, gradients: torch.Tensor) -> 
                           for b in range(weights.shape[1]))
         ratio = gradients[block].max() / gradients[block].min()
         lines.append(f"block {block}: {parts}; largest / smallest gradient: {ratio:.1f}x")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Whether a branch's small gradient makes a small step: Ranger normalizes it
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScoreUpdates:
+    """How each branch's row of a block's linear layer (its weights and bias, which compute the
+    branch's score s) moved over the first steps of training.
+
+    A branch's gradient can be a hundredth of another's (`score_gradients`) and
+    still move its row as far: Ranger divides each weight's step by the root of
+    its own mean squared gradient, as Adam does. Only where a gradient is
+    near Ranger's eps (1e-5), or in the first few plain momentum steps, does
+    its size carry through to the step.
+    """
+
+    gradient: torch.Tensor   # (blocks, branches): RMS of the row's gradient, averaged over the steps
+    update: torch.Tensor     # (blocks, branches): RMS of the row's total change over the steps
+    steps: int
+
+
+class _FirstBatches:
+    """The first `count` batches of a loader, shaped as train_epoch expects (len, device, iteration)."""
+
+    def __init__(self, loader: CifarLoader, count: int):
+        self.loader, self.count, self.device = loader, min(count, len(loader)), loader.device
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return islice(iter(self.loader), self.count)
+
+
+def score_updates(config: TrainConfig, train: Split, steps: int | None = None, num_classes: int = 10,
+                  device: torch.device | str = "cpu") -> ScoreUpdates:
+    """Train a run's untrained model (`initial_model`) for its first `steps` steps (default: one
+    epoch of `train`), with the run's optimizer, schedule and batches, and measure per block and
+    branch the RMS gradient and the RMS change of the branch's row of the linear layer.
+
+    The loop is `train_epoch`'s, in fp32 (the steps' sizes, not the run's speed, are the question),
+    with dropout drawn from a generator seeded by rand_seed. Needs a mixing with a linear layer (every one but "equal").
+    """
+    model = initial_model(config, num_classes).to(device)
+    blocks = model.backbone.blocks
+    if any(block.linear is None for block in blocks):
+        raise ConfigError(f"mixing={config.mixing!r} has no linear layer, so no branch scores to move: "
+                          "measure a mixing that learns its weights (seed, softmax or sigmoid)")
+    optimizer = build_optimizer(model, config)
+    loader = CifarLoader(train, config.batch_size, train=True, device=device, seed=config.rand_seed)
+    loader.set_epoch(1)  # the run's first epoch (fit counts epochs from 1)
+    scheduler = build_scheduler(optimizer, config, len(loader))
+    batches = _FirstBatches(loader, steps or len(loader))
+
+    def rows() -> list[torch.Tensor]:
+        """Each block's linear layer as (branches, inputs + 1): a row per branch, its bias last."""
+        return [torch.cat([block.linear.weight.detach(), block.linear.bias.detach()[:, None]], dim=1).cpu()
+                for block in blocks]
+
+    start = [row.clone() for row in rows()]
+    gradient_sum = torch.zeros(len(blocks), blocks[0].linear.out_features, dtype=torch.float64)
+
+    def record(group) -> None:
+        # After the optimizer's step the gradients are still there (train_epoch clears them before
+        # the next backward); Ranger centralizes a copy, so these are the raw gradients.
+        for index, block in enumerate(blocks):
+            gradient = torch.cat([block.linear.weight.grad, block.linear.bias.grad[:, None]], dim=1)
+            gradient_sum[index] += gradient.double().pow(2).mean(dim=1).sqrt().cpu()
+
+    with torch.random.fork_rng(devices=[]):  # dropout's draws: the same on every call, the caller's state kept
+        torch.manual_seed(config.rand_seed)
+        train_epoch(model, batches, optimizer, scheduler, per_batch=config.scheduler_step == "batch",
+                    precision="fp32", channels_last=False, on_step=record)
+    change = torch.stack([(end - begin).double().pow(2).mean(dim=1).sqrt() for begin, end in zip(start, rows())])
+    return ScoreUpdates(gradient_sum / len(batches), change, len(batches))
+
+
+def describe_score_updates(updates: ScoreUpdates) -> str:
+    """A line per block: each branch's RMS gradient and RMS change, and the largest / smallest of each.
+
+    Where Ranger's step followed the gradient's size, the two ratios would be alike; the
+    nearer the update ratio is to 1 while the gradient ratio is large, the more the
+    optimizer's normalization has taken the gradient's scale out of the step.
+    """
+    lines = []
+    for block in range(updates.gradient.shape[0]):
+        gradient, update = updates.gradient[block], updates.update[block]
+        parts = ", ".join(f"branch {b}: gradient {gradient[b]:.1e}, change {update[b]:.1e}"
+                          for b in range(len(gradient)))
+        lines.append(f"block {block}: {parts}; largest / smallest: gradient {gradient.max() / gradient.min():.1f}x, "
+                     f"change {update.max() / update.min():.1f}x")
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ import torch
 from .branches import BranchHistory, branch_history, leading_branch
 from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config, reached_the_last_epoch
 from .model import MIXINGS, count_flops, count_parameters
-from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, verdict
+from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, verdict, wilson_interval
 
 __all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Setting", "group_settings",
            "SettingDifference", "differences_between", "against_the_first", "markdown_table",
@@ -324,6 +324,25 @@ def kept_first_choice(runs: list[MixingRun]) -> tuple[int, int]:
     return int(sum(pairs)), len(pairs)
 
 
+def _first_choice_verdict(kept: int, pairs: int, branches: int) -> str:
+    """The first hypothesis of notebook 06 against the count of blocks that kept their leading branch.
+
+    Strictly, "the branches on at initialization stay on" predicts that every block keeps it; were the
+    end unrelated to the start, a block would keep it about 1 time in `branches`. The share's 95%
+    Wilson interval says which the count can tell apart (counting blocks as independent, which blocks
+    of one run only approximately are).
+    """
+    low, high = (float(bound) for bound in wilson_interval(kept / pairs, pairs))
+    interval = f"share {kept / pairs:.0%}, 95% interval [{low:.0%}, {high:.0%}] (blocks counted as independent)"
+    strict = ("as the hypothesis predicts (every block keeps it)" if kept == pairs else
+              f"so the hypothesis in its strict form (every block keeps it) does not hold: the lead moved "
+              f"in {pairs - kept} of {pairs} blocks")
+    chance = 1 / branches
+    start = ("the start predicts the end more often than chance" if low > chance else
+             f"not resolved from chance (about 1 in {branches}, the share were the end unrelated to the start)")
+    return f"{interval}: {strict}; {start}."
+
+
 def _against(first: dict[int, float], second: dict[int, float]) -> tuple[str, Interval | None]:
     """'higher', 'lower' (the 95% interval excludes 0), 'unresolved', or 'unknown' (one seed), and the interval."""
     interval = seed_interval(first, second)
@@ -370,7 +389,8 @@ def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "
         return "\n".join(lines)
     if pairs:
         lines.append(f"- {reference}'s first choice: the branch with the largest share at epoch 0 still has "
-                     f"it at the end in {kept} of {pairs} blocks ({len(base)} seeds).")
+                     f"it at the end in {kept} of {pairs} blocks ({len(base)} seeds); "
+                     + _first_choice_verdict(kept, pairs, base[0].history.shares.shape[-1]))
     lines.append("- branches in use: " + (
         f"{', '.join(more_branches)} use more branches than {reference} in every block (real in each)."
         if more_branches else
@@ -392,12 +412,15 @@ def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "
         beats_equal = [m for m in better if m != "equal" and _against(
             mixing_accuracy(groups[m]), mixing_accuracy(groups["equal"]))[0] == "higher"]
         if beats_equal:
-            lines.append(f"- so: {', '.join(beats_equal)} beat(s) equal, real: choosing branches image by "
-                         "image adds accuracy beyond averaging them.")
+            lines.append(f"- so: {', '.join(beats_equal)} more accurate than equal (real): at this size, "
+                         "weights learned image by image add accuracy beyond a fixed average of the branches.")
         elif "equal" in better:
-            lines.append("- so: equal, with no per-image weights at all, beats the seed's mixing, and no "
-                         "per-image mixing is resolved above equal: at this size the gain comes from using "
-                         "every branch, not (measurably) from choosing between them image by image.")
+            lines.append(f"- so: equal, with no per-image weights at all, is more accurate than {reference} "
+                         "(real), and no per-image mixing is resolved above equal.")
+            lines.append(f"- open question: is equal's gain over {reference} the gain of using every branch? "
+                         f"These runs do not isolate it: equal also changes each block's scale (its weights "
+                         f"sum to one, {reference}'s are unbounded) and drops the learned sign of the weights. "
+                         "A control that keeps one of these and changes the other would tell.")
     if not better and not worse:
         lines.append(f"- so: no difference in accuracy from {reference} is resolved at this size and "
                      "number of seeds (the intervals above say how large one could still be).")

@@ -156,3 +156,50 @@ def test_under_the_seeds_mixing_a_negative_score_passes_a_hundredth_of_the_gradi
     out.square().sum().backward()
     assert torch.allclose(scores.grad[:, 2], 0.01 * weights.grad[:, 2])
     assert torch.allclose(scores.grad[:, 0], weights.grad[:, 0])
+
+
+def test_score_updates_measure_the_runs_first_steps_row_by_row():
+    # The same first steps replayed by hand: the run's initial model, optimizer, schedule and batches.
+    from nbhelpers.branches import ScoreUpdates, describe_score_updates, initial_model, score_updates
+    from nbhelpers.data import CifarLoader
+    from nbhelpers.train import build_optimizer, build_scheduler
+
+    config = make_config(size="tiny", mixing="seed", backbone_out_channels=8, hidden_size=16, batch_size=32)
+    train = _split(count=96, seed=2)
+    measured = score_updates(config, train, steps=2)
+    assert isinstance(measured, ScoreUpdates) and measured.steps == 2
+    assert measured.gradient.shape == measured.update.shape == (3, 3)
+
+    model = initial_model(config)
+    optimizer = build_optimizer(model, config)
+    loader = CifarLoader(train, config.batch_size, train=True, seed=config.rand_seed)
+    loader.set_epoch(1)
+    scheduler = build_scheduler(optimizer, config, len(loader))
+    def rows():
+        return [torch.cat([b.linear.weight.detach(), b.linear.bias.detach()[:, None]], dim=1).clone()
+                for b in model.backbone.blocks]
+    start, gradients = rows(), torch.zeros(3, 3, dtype=torch.float64)
+    model.train()
+    torch.manual_seed(config.rand_seed)  # score_updates' dropout draws
+    for images, labels in list(loader)[:2]:
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        for k, b in enumerate(model.backbone.blocks):
+            g = torch.cat([b.linear.weight.grad, b.linear.bias.grad[:, None]], dim=1).double()
+            gradients[k] += g.pow(2).mean(dim=1).sqrt()
+        optimizer.step()
+        scheduler.step()
+    change = torch.stack([(e - s).double().pow(2).mean(dim=1).sqrt() for s, e in zip(start, rows())])
+    assert torch.allclose(measured.gradient, gradients / 2, rtol=1e-4)
+    assert torch.allclose(measured.update, change, rtol=1e-4)
+    assert (measured.update > 0).all()
+    lines = describe_score_updates(measured).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("block 0: branch 0: gradient ")
+    ratio = float(measured.update[2].max() / measured.update[2].min())
+    assert lines[2].endswith(f"change {ratio:.1f}x")
+
+
+def test_score_updates_refuse_a_mixing_without_a_linear_layer():
+    from nbhelpers.branches import score_updates
+    with pytest.raises(ConfigError, match="mixing='equal' has no linear layer"):
+        score_updates(make_config(size="tiny", mixing="equal"), _split())
