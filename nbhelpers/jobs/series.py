@@ -50,7 +50,7 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
     """The papermill parameters of each notebook, for a named size (nbhelpers.config.SIZES).
 
     At the tests' size, 05, 06 and 07 are included, each on sweeps of its own: per-batch
-    and per-epoch Ranger over two seeds; the seed's and softmax mixing over one; 07's
+    and per-epoch Ranger over two seeds; the seed's and softmax mixing over two; 07's
     range tests, AdamW at its own max_lr and the schedule sweep's Ranger runs, over two.
     """
     # Paths inside the project as relative ones: the executed notebooks name no folder of this machine.
@@ -68,8 +68,8 @@ def series_parameters(size: str, run_dir: Path, figures_dir: Path, data_dir: str
     if size == "tiny":
         parameters[COMPARE] = dict(common, size="tiny", seeds=2, only="ranger-batch,ranger-epoch",
                                    sweep_dir=shown_path(run_dir.parent / "sweep"))
-        # Two mixings, one seed each: no spread, so 06 says it gives no verdict.
-        parameters[STUDY] = dict(common, size="tiny", seeds=1, only="seed,softmax",
+        # Two mixings over two seeds: the paired intervals and their verdicts run too.
+        parameters[STUDY] = dict(common, size="tiny", seeds=2, only="seed,softmax",
                                  sweep_dir=shown_path(run_dir.parent / "mixing-sweep"))
         # Short range tests; Ranger per batch and per epoch over two seeds, trained here at tiny.
         parameters[SCHEDULE] = dict(common, size="tiny", seeds=2, schedule_only="ranger-batch,ranger-epoch",
