@@ -482,7 +482,9 @@ def mixing_weights_by_epoch(groups: dict, seeds_shown: int = len(SEED_STYLES)) -
     axes[0, -1].legend(handles=handles, fontsize=8, title="colour: branch\nline style: seed",
                        title_fontsize=8, loc="upper left", bbox_to_anchor=(1.03, 1))
     every = len({run.rand_seed for runs in groups.values() for run in runs})
-    shown = f"all {every} seeds" if every == len(styles) else f"the first {len(styles)} of {every} seeds"
-    fig.suptitle(f"Mean branch weights through training ({shown}, one line style each)")
+    shown = ("one seed" if every == 1 else f"all {every} seeds" if every == len(styles)
+             else f"the first {len(styles)} of {every} seeds")
+    fig.suptitle(f"Mean branch weights through training ({shown}"
+                 + (", one line style each)" if len(styles) > 1 else ")"))
     fig.tight_layout()
     return fig
