@@ -12,15 +12,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .plots import BRANCH_COLORS, CORRECT, MISTAKE, as_hwc, image_grid
-from .stats import wilson_interval
+from .stats import verdict, wilson_interval
 
 __all__ = ["WEIGHT_LABEL", "confusion_matrix", "per_class_accuracy", "prediction_grid",
            "branch_weights", "branch_weight_distributions", "class_branch_heatmaps",
-           "weight_extremes", "ablation_differences", "reliability_diagram",
+           "weight_extremes", "ablation_panels", "ablation_verdict", "ablation_differences",
+           "reliability_diagram",
            "branch_weights_by_epoch", "MIXING_COLORS", "SEED_STYLES", "mixing_accuracy",
-           "mixing_effective_branches", "mixing_weights_by_epoch"]
+           "mixing_effective_branches", "shown_seeds", "mixing_weights_by_epoch"]
 
 WEIGHT_LABEL = "branch weight a (a factor, no unit)"
 
@@ -43,17 +45,35 @@ def confusion_matrix(counts: torch.Tensor, classes: Sequence[str]) -> Figure:
     return fig
 
 
-def per_class_accuracy(accuracies: torch.Tensor, classes: Sequence[str], overall: float) -> Figure:
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    bars = ax.bar(classes, accuracies.tolist(), color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+def per_class_accuracy(accuracies: torch.Tensor, classes: Sequence[str], overall: float,
+                       counts: Sequence[int]) -> Figure:
+    """Each class's test accuracy (%) as a bar, with its 95% Wilson interval over that class's test images.
+
+    `counts` holds each class's number of test images: a class has a tenth of
+    them, so its accuracy is far noisier than the overall one (the red dashed line).
+    """
+    values = np.asarray(accuracies.tolist(), dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    low, high = (100 * bound for bound in wilson_interval(values / 100, counts))
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.bar(x, values, color="tab:blue")
+    # At 0% or 100% one end of the interval is the share itself, up to rounding: no negative lengths.
+    below, above = np.clip(values - low, 0, None), np.clip(high - values, 0, None)
+    ax.errorbar(x, values, yerr=[below, above], fmt="none", ecolor="black", elinewidth=1.2, capsize=4)
+    for where, value, top in zip(x, values, high):  # above the interval, where no line crosses it
+        ax.text(where, top + 1.5, f"{value:.1f}", ha="center", va="bottom", fontsize=8,
+                bbox=dict(facecolor="white", edgecolor="none", pad=0.5))  # over the red line, not through it
     ax.axhline(overall, color="tab:red", linestyle="--")
-    ax.set_ylim(0, 105)
+    ax.set_xticks(x, classes, rotation=30)
+    ax.set_ylim(0, 112)
     ax.set_xlabel("true class")
     ax.set_ylabel("accuracy (%)")
+    fewest, most = int(counts.min()), int(counts.max())
+    images = f"{fewest:,}" if fewest == most else f"{fewest:,}-{most:,}"
     # The overall value goes in the title: a legend would cover a bar somewhere.
-    ax.set_title(f"Test accuracy per class (red dashed line: overall, {overall:.2f}%)")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set_title(f"Test accuracy per class, black: its 95% interval over its {images} test images "
+                 f"(Wilson)\nred dashed line: overall, {overall:.2f}%", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -105,12 +125,16 @@ def branch_weight_distributions(trained: torch.Tensor, untrained: torch.Tensor,
                                 trained_label: str = "trained") -> Figure:
     """Each block's weights over a split, per branch: untrained (grey) beside trained (colour).
 
-    Both are (blocks, images, branches). A branch whose violin is a flat line at
-    0 is switched off for every image; a tall violin means the weight differs
-    from image to image.
+    Both are (blocks, images, branches). Each block has an axis of its own
+    scale: compare the branches within a block by shape, and the blocks by the
+    numbers on their axes. A branch whose violin is a flat line at 0 is
+    switched off for every image; a tall violin means the weight differs from
+    image to image.
     """
     blocks, _, branches = trained.shape
-    fig, axes = plt.subplots(1, blocks, figsize=(4.2 * blocks, 3.6), sharey=True, squeeze=False)
+    # An axis per block, each on its own scale: one shared scale let a block whose weights reach 2
+    # squash another's, a tenth as large, into a flat line that read as "off".
+    fig, axes = plt.subplots(1, blocks, figsize=(4.2 * blocks, 3.6), squeeze=False)
     for block, ax in enumerate(axes[0]):
         for branch in range(branches):
             for offset, weights, color in ((-0.2, untrained, "0.6"),
@@ -127,12 +151,13 @@ def branch_weight_distributions(trained: torch.Tensor, untrained: torch.Tensor,
         ax.set_xticks(range(branches), [f"branch {b}" for b in range(branches)])
         ax.set_title(f"block {block}")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(WEIGHT_LABEL)
+        ax.set_ylabel(WEIGHT_LABEL if block == 0 else "weight a (its own scale)")
     axes[0, 0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color="0.6", alpha=0.7),
                                plt.Rectangle((0, 0), 1, 1, color=BRANCH_COLORS[0], alpha=0.7)],
                       labels=["untrained (grey, left)", f"{trained_label} (colour, right)"], fontsize=8,
                       loc="best")
-    fig.suptitle(f"Branch weights of every block over {trained.shape[1]:,} test images")
+    fig.suptitle(f"Branch weights of every block over {trained.shape[1]:,} test images "
+                 "(each block on its own scale)")
     fig.tight_layout()
     return fig
 
@@ -204,43 +229,74 @@ def weight_extremes(rows: Sequence[dict], classes: Sequence[str], size: float = 
     return fig
 
 
-def ablation_differences(rows: Sequence) -> Figure:
-    """Each ablation's difference from the model as trained, with its 95% interval (nbhelpers.branches).
+def ablation_panels(rows: Sequence) -> list[tuple[str, str, list]]:
+    """The ablation's rows grouped for `ablation_differences`: (title, colour, rows) per panel, in order.
 
-    Two panels, each on an axis centred on 0: the fixed mixtures (per-image
-    weights replaced by their mean) and the removed branches, whose effects
-    can be a hundred times larger. A filled dot: the interval excludes 0 (a
-    real difference); a hollow one: it includes 0 (a tie).
+    The fixed mixtures, then the removed branches; each kind split by verdict,
+    so that the ties, whose intervals can be a fraction of a point wide, get a
+    scale of their own beside losses of tens of points. Empty panels are left out.
     """
-    groups = [("per-image weights replaced by their mean", "tab:blue",
-               [row for row in rows if "mean weights" in row.change]),
-              ("one branch removed", "tab:orange",
-               [row for row in rows if "without branch" in row.change])]
-    groups = [group for group in groups if group[2]]
-    heights = [len(group[2]) for group in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8.5, 0.34 * sum(heights) + 1.2 * len(groups) + 0.6),
+    kinds = (("per-image weights replaced by their mean", "tab:blue", "mean weights"),
+             ("one branch removed", "tab:orange", "without branch"))
+    panels = []
+    for title, color, marker in kinds:
+        members = [row for row in rows if marker in row.change]
+        for real, which in ((True, "interval excludes 0"), (False, "interval includes 0: not resolved")):
+            chosen = [row for row in members if row.difference.is_real == real]
+            if chosen:
+                panels.append((f"{title}: {which}", color, chosen))
+    return panels
+
+
+def ablation_verdict(difference, images: int) -> str:
+    """The words beside an ablation's bar: the difference, its interval and nbhelpers.stats.verdict."""
+    words = verdict(difference, images, unit="test images")
+    if difference.is_real:
+        words += ": a loss" if difference.difference < 0 else ": a gain"
+    return f"{difference}  {words}"
+
+
+def ablation_differences(rows: Sequence, images: int) -> Figure:
+    """Each ablation's difference from the model as trained: its 95% interval as a bar, its verdict beside it.
+
+    `rows` are nbhelpers.branches.AblationRow, `images` the number of test
+    images they were scored on. The panels (`ablation_panels`) each have an
+    axis of their own that holds their intervals and 0: the bar spans the
+    interval, the black tick is the measured difference, and the words on
+    the right give both with the verdict (real only where the interval
+    excludes 0). Real differences are filled, ties pale.
+    """
+    panels = ablation_panels(rows)
+    heights = [len(members) for _, _, members in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 0.4 * sum(heights) + 1.1 * len(panels) + 0.6),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (title, color, members) in zip(axes[:, 0], groups):
+    for ax, (title, color, members) in zip(axes[:, 0], panels):
         y = np.arange(len(members))
         points = np.array([row.difference.difference for row in members])
         low = np.array([row.difference.low for row in members])
         high = np.array([row.difference.high for row in members])
-        ax.errorbar(points, y, xerr=[points - low, high - points], fmt="none", ecolor=color,
-                    elinewidth=1.5, capsize=3)
-        real = np.array([row.difference.is_real for row in members])
-        ax.scatter(points[real], y[real], color=color, zorder=3, label="interval excludes 0: real")
-        ax.scatter(points[~real], y[~real], facecolor="white", edgecolor=color, zorder=3,
-                   label="interval includes 0: a tie")
-        reach = max(np.abs(low).max(), np.abs(high).max(), 0.5) * 1.1
-        ax.set_xlim(-reach, reach)
+        real = members[0].difference.is_real  # a panel holds one verdict
+        ax.barh(y, high - low, left=low, height=0.5, color=color, alpha=0.85 if real else 0.3,
+                edgecolor=color, linewidth=1.2)
+        ax.scatter(points, y, marker="|", s=220, color="black", zorder=3)
+        left, right = min(low.min(), 0.0), max(high.max(), 0.0)
+        # Half a point at least: intervals of width 0 (no answer changed) get a scale in points, not in
+        # thousandths of one.
+        widen = max(0.5 - (right - left), 0.0) / 2
+        pad = 0.08 * (right - left + 2 * widen)
+        ax.set_xlim(left - widen - pad, right + widen + pad)
         ax.axvline(0, color="0.3", linewidth=1)
+        for where, row in zip(y, members):  # in the right margin, outside the bars
+            ax.annotate(ablation_verdict(row.difference, images), (1.01, where),
+                        xycoords=("axes fraction", "data"), va="center", fontsize=8)
         ax.set_yticks(y, [row.change for row in members], fontsize=8)
-        ax.invert_yaxis()  # in the table's order, from the top
+        ax.set_ylim(len(members) - 0.5, -0.5)  # in the table's order, from the top
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(title, fontsize=10)
-    axes[0, 0].legend(fontsize=7, loc="best")
-    axes[-1, 0].set_xlabel("difference in test accuracy from the model as trained (points, 95% interval)")
-    fig.suptitle(f"Ablation against the model as trained ({rows[0].baseline:.2f}%)", fontsize=11)
+        ax.set_title(f"{title} (its own scale)", fontsize=10)
+    axes[-1, 0].set_xlabel("difference in test accuracy from the model as trained (points): "
+                           "bar = 95% interval, black tick = measured")
+    fig.suptitle(f"Ablation against the model as trained ({rows[0].baseline:.2f}%, "
+                 f"{images:,} test images)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -379,27 +435,38 @@ def mixing_effective_branches(groups: dict) -> Figure:
     return fig
 
 
+def shown_seeds(groups: dict, seeds_shown: int = len(SEED_STYLES)) -> dict[int, str]:
+    """{rand_seed: line style} for the first `seeds_shown` seeds of any mixing, in seed order.
+
+    The style follows the seed, not a run's place in its group: a sweep runs
+    seed k of every mixing from the same initial weights, so one style names
+    one starting point in every row.
+    """
+    seeds = sorted({run.rand_seed for runs in groups.values() for run in runs})[:seeds_shown]
+    return {seed: SEED_STYLES[index % len(SEED_STYLES)] for index, seed in enumerate(seeds)}
+
+
 def mixing_weights_by_epoch(groups: dict, seeds_shown: int = len(SEED_STYLES)) -> Figure:
     """Each block's mean branch weights a through training: a row per mixing, a column per block.
 
-    Colour: the branch; line style: the seed (solid the first; the first
-    `seeds_shown` seeds, more would hide each other). Each row has its own
-    scale, since the mixings' weights differ in size (softmax's sum to one,
-    sigmoid's lie in 0..1, the seed's are unbounded).
+    Colour: the branch; line style: the run's rand_seed (`shown_seeds`: the
+    first `seeds_shown` seeds, more would hide each other), both named in the
+    legend. Each row has its own scale, since the mixings' weights differ in
+    size (softmax's sum to one, sigmoid's lie in 0..1, the seed's are unbounded).
     """
     first = next(iter(groups.values()))[0].history
     blocks, branches = first.mean.shape[1], first.mean.shape[2]
-    fig, axes = plt.subplots(len(groups), blocks, figsize=(3.7 * blocks, 2.5 * len(groups) + 0.8),
+    styles = shown_seeds(groups, seeds_shown)
+    fig, axes = plt.subplots(len(groups), blocks, figsize=(3.7 * blocks + 1.8, 2.5 * len(groups) + 0.8),
                              sharex=True, sharey="row", squeeze=False)
     for row, (mixing, runs) in enumerate(groups.items()):
         for block in range(blocks):
             ax = axes[row, block]
-            for index, run in enumerate(runs[:seeds_shown]):
+            for run in (run for run in runs if run.rand_seed in styles):
                 for branch in range(branches):
                     ax.plot(run.history.epochs, run.history.mean[:, block, branch].numpy(),
                             color=BRANCH_COLORS[branch % len(BRANCH_COLORS)],
-                            linestyle=SEED_STYLES[index % len(SEED_STYLES)], marker=".",
-                            label=f"branch {branch}" if index == 0 else None)
+                            linestyle=styles[run.rand_seed], marker=".")
             ax.axhline(0, color="black", linewidth=0.6)
             _epoch_axis(ax, first.epochs)
             if row == 0:
@@ -407,9 +474,17 @@ def mixing_weights_by_epoch(groups: dict, seeds_shown: int = len(SEED_STYLES)) -
         axes[row, 0].set_ylabel(f"{mixing}\nmean weight a")
     for ax in axes[-1]:
         ax.set_xlabel("epoch (0: untrained)")
-    axes[0, -1].legend(fontsize=7, loc="best")
-    shown = min(seeds_shown, max(len(runs) for runs in groups.values()))
-    fig.suptitle(f"Mean branch weights through training (line style: the seed, solid the first; "
-                 f"{shown} seed{'s' if shown > 1 else ''})")
+    # One legend for both codes, beside the panels where it covers no line.
+    handles = ([Line2D([], [], color=BRANCH_COLORS[branch % len(BRANCH_COLORS)], label=f"branch {branch}")
+                for branch in range(branches)]
+               + [Line2D([], [], color="black", linestyle=style, label=f"rand_seed {seed}")
+                  for seed, style in styles.items()])
+    axes[0, -1].legend(handles=handles, fontsize=8, title="colour: branch\nline style: seed",
+                       title_fontsize=8, loc="upper left", bbox_to_anchor=(1.03, 1))
+    every = len({run.rand_seed for runs in groups.values() for run in runs})
+    shown = ("one seed" if every == 1 else f"all {every} seeds" if every == len(styles)
+             else f"the first {len(styles)} of {every} seeds")
+    fig.suptitle(f"Mean branch weights through training ({shown}"
+                 + (", one line style each)" if len(styles) > 1 else ")"))
     fig.tight_layout()
     return fig

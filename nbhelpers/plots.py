@@ -125,18 +125,21 @@ def class_balance(counts: dict[str, Sequence[int]], classes: Sequence[str],
         shares = 100 * np.asarray(values) / sum(values)
         share_ax.bar(x + i * width, shares, width, label=f"{split} ({sum(values):,} images)")
     share_ax.axhline(100 / len(classes), color="black", linewidth=0.8, linestyle="--")
-    share_ax.set_xticks(x + width * (len(counts) - 1) / 2, classes, rotation=30)
+    # At 30 degrees, centred, "automobile" ran into its neighbours: slanted further and anchored at its
+    # right end under the tick, each name keeps clear of the next.
+    slanted = dict(rotation=45, ha="right", rotation_mode="anchor")
+    share_ax.set_xticks(x + width * (len(counts) - 1) / 2, classes, **slanted)
     share_ax.set_ylabel("share of the split (%)")
     share_ax.set_title("Each class's share of each split")
-    share_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=len(counts))
+    share_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.36), ncols=len(counts))
     batch_size = int(per_batch.sum(dim=1).max())
     batch_ax.boxplot(per_batch.numpy(), whis=(0, 100), widths=0.6)
     batch_ax.axhline(batch_size / len(classes), color="black", linewidth=0.8, linestyle="--",
                      label=f"{batch_size} / {len(classes)}: a perfectly balanced batch")
-    batch_ax.set_xticks(x + 1, classes, rotation=30)
+    batch_ax.set_xticks(x + 1, classes, **slanted)
     batch_ax.set_ylabel(f"images in a batch of {batch_size}")
     batch_ax.set_title(f"The same classes in one shuffled epoch's {len(per_batch)} batches")
-    batch_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    batch_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.36))
     for ax in (share_ax, batch_ax):
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
