@@ -385,7 +385,7 @@ SEED_STYLES = ("-", "--", ":")
 
 
 def mixing_accuracy(groups: dict) -> Figure:
-    """Final test accuracy per mixing: a dot per seed, the mean ± spread (standard deviation) as a bar."""
+    """Final test accuracy per mixing: a dot per seed, the mean ± one standard deviation as a bar."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for x, (mixing, runs) in enumerate(groups.items()):
         values = np.array([run.final_acc for run in runs])
@@ -394,7 +394,7 @@ def mixing_accuracy(groups: dict) -> Figure:
                    alpha=0.6, s=22, label="a seed" if x == 0 else None)
         if len(values) > 1:
             ax.errorbar(x + 0.3, values.mean(), yerr=values.std(ddof=1), fmt="s", color=color, capsize=5,
-                        label="mean ± spread" if x == 0 else None)
+                        label="mean ± sd" if x == 0 else None)
     ax.set_xticks(range(len(groups)), list(groups))
     ax.set_xlim(-0.5, len(groups) - 0.3)
     ax.set_xlabel("mixing")
