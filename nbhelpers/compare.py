@@ -29,7 +29,7 @@ import torch
 from .branches import BranchHistory, branch_history, leading_branch
 from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config, reached_the_last_epoch
 from .model import MIXINGS, count_flops, count_parameters
-from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, verdict, wilson_interval
+from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, shared_seeds, verdict, wilson_interval
 
 __all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Setting", "group_settings",
            "SettingDifference", "differences_between", "against_the_first", "markdown_table",
@@ -128,7 +128,7 @@ class SettingDifference:
 
     Runs that share their seeds (a sweep's settings do: seed k of each starts
     from the same weights and sees the batches in the same order) are paired
-    seed by seed; otherwise Welch's interval of the two means. With a single
+    seed by seed, over the seeds both ran; otherwise Welch's interval of the two means. With a single
     seed on either side there is no interval: no verdict.
     """
 
@@ -137,11 +137,14 @@ class SettingDifference:
 
     @property
     def paired(self) -> bool:
-        return self.first.by_seed.keys() == self.second.by_seed.keys()
+        """Compared seed by seed: the two settings share at least 2 seeds (the others are left out)."""
+        return len(shared_seeds(self.first.by_seed, self.second.by_seed)) >= 2
 
     @property
     def seeds(self) -> int:
-        """Seeds per side (the smaller side's, for unpaired runs)."""
+        """The seeds compared: those both settings ran if paired, else the smaller side's runs."""
+        if self.paired:
+            return len(shared_seeds(self.first.by_seed, self.second.by_seed))
         return min(len(self.first.runs), len(self.second.runs))
 
     @property
@@ -166,9 +169,11 @@ class SettingDifference:
     @property
     def seeds_needed(self) -> int | None:
         """Seeds a paired comparison would need to resolve a difference of this size (None if unpaired)."""
-        if not self.paired or self.seeds < 2:
+        if not self.paired:
             return None
-        return seeds_needed(self.first.by_seed, self.second.by_seed)
+        shared = shared_seeds(self.first.by_seed, self.second.by_seed)
+        return seeds_needed({seed: self.first.by_seed[seed] for seed in shared},
+                            {seed: self.second.by_seed[seed] for seed in shared})
 
 
 def differences_between(settings: Sequence[Setting], parameter: str, first: Any,

@@ -35,7 +35,7 @@ from scipy import stats as scipy_stats
 
 from .errors import ExplainedError
 
-__all__ = ["Interval", "ComparisonError", "mean_and_sd", "paired_interval", "welch_interval", "seed_interval", "paired_bootstrap",
+__all__ = ["Interval", "ComparisonError", "mean_and_sd", "paired_interval", "welch_interval", "seed_interval", "shared_seeds", "paired_bootstrap",
            "mean_interval", "wilson_interval", "verdict", "seeds_needed", "RuleRates",
            "simulate_rules", "OLD_RULE", "PAIRED_RULE"]
 
@@ -129,13 +129,21 @@ def welch_interval(first: Runs, second: Runs, confidence: float = CONFIDENCE) ->
 
 def seed_interval(first: Mapping[int, float], second: Mapping[int, float],
                   confidence: float = CONFIDENCE) -> Interval | None:
-    """first minus second for two settings' runs {rand_seed: value}: paired where they share every seed
-    (as a sweep's settings do), Welch's interval where they do not; None with fewer than 2 runs a side."""
+    """first minus second for two settings' runs {rand_seed: value}: paired over the seeds they share
+    where they share at least 2 (as a sweep's settings do; a seed only one side has is left out),
+    Welch's interval of all the runs where they do not; None with fewer than 2 runs a side."""
+    shared = shared_seeds(first, second)
+    if len(shared) >= 2:
+        return paired_interval({seed: first[seed] for seed in shared},
+                               {seed: second[seed] for seed in shared}, confidence)
     if min(len(first), len(second)) < 2:
         return None
-    if first.keys() == second.keys():
-        return paired_interval(first, second, confidence)
     return welch_interval(first, second, confidence)
+
+
+def shared_seeds(first: Mapping[int, float], second: Mapping[int, float]) -> list[int]:
+    """The seeds both sides ran, in order: what a paired comparison matches."""
+    return sorted(first.keys() & second.keys())
 
 
 def verdict(interval: Interval, n: int, unit: str = "seeds") -> str:

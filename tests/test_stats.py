@@ -223,3 +223,9 @@ def test_mean_and_sd_describes_runs_and_a_single_run_without_an_sd():
     assert S.mean_and_sd([60.0, 62.0, 64.0]) == "62.00 ± 2.00"
     assert S.mean_and_sd([55.0]) == "55.00" and S.mean_and_sd([]) == "no runs"
     assert S.mean_and_sd([1.25, 1.35], digits=1) == "1.3 ± 0.1"
+
+
+def test_seed_interval_pairs_over_the_seeds_both_sides_ran():
+    first, second = {1: 60.0, 2: 62.0, 3: 64.0, 4: 70.0}, {1: 50.0, 2: 51.0, 3: 52.0}
+    assert S.shared_seeds(first, second) == [1, 2, 3]
+    assert S.seed_interval(first, second) == S.paired_interval({1: 60.0, 2: 62.0, 3: 64.0}, second)
