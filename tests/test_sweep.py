@@ -1,4 +1,5 @@
 """The sweep: one papermill run of 03 per entry; a finished run is skipped, a killed one resumed."""
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 from nbhelpers.jobs import sweep as S
 from nbhelpers.config import make_config
 from nbhelpers.runs.folder import read_history
+from nbhelpers.runs.lock import folder_lock
 
 # Seconds per epoch on a CPU, on the synthetic data of conftest (2,000 / 200 images).
 SMALL = dict(num_epochs=4, batch_size=32, backbone_out_channels=8, hidden_size=16,
@@ -215,3 +217,22 @@ def test_run_names_that_collide_after_seeding_are_refused_up_front(tmp_path):
     with pytest.raises(S.SweepError, match="share the folder of a-seed2"):
         S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path, seeds=2)
     assert len(S.make_sweep({"a": SMALL, "a-seed2": SMALL}, size="tiny", folder=tmp_path).entries) == 2
+
+
+def test_list_only_reads_so_it_lists_a_sweep_on_a_read_only_disk(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"a": {"num_epochs": 1}}))
+    entry = S.make_sweep(str(path), size="tiny", folder=tmp_path / "out").entries[0]
+    for folder in (entry.folder, entry.run_dir):
+        with folder_lock(folder):  # leaves its .lock behind, as every run does
+            pass
+    real_open = open
+
+    def read_only(file, mode="r", *args, **kwargs):  # what a read-only filesystem answers
+        if set(mode) & set("wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr(S.signal, "signal", lambda *args: None)  # main's SIGTERM handler, not pytest's
+    S.main([str(path), "--size", "tiny", "--folder", str(tmp_path / "out"), "--list"])
+    assert capsys.readouterr().out.split()[:3] == ["0", "a", "new"]
