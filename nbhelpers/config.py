@@ -118,11 +118,11 @@ class ConfigError(ExplainedError, ValueError):
 
 @dataclass
 class TrainConfig:
-    # How long it runs: a named size (SIZES) gives the five values below it;
-    # make_config(size="demo", num_epochs=3) takes the demo's values, then num_epochs=3.
+    # How long it runs: a named size (SIZES) gives the five values below it that are left None;
+    # TrainConfig(size="demo", num_epochs=3), like make_config's, takes the demo's values, then num_epochs=3.
     size: str = "full"                # the size the run-length values came from: full, long, demo, small, tiny
     # The seed's recipe
-    num_epochs: int = 60              # passes over the training set (1..1000)
+    num_epochs: int | None = None     # passes over the training set (1..1000; None: the size's, full: 60)
     batch_size: int = 128             # images per gradient step (at least 2, for BatchNorm)
     learning_rate: float = 1e-3       # Ranger's lr before OneCycleLR takes over
     weight_decay: float = 1e-2        # Ranger's decoupled-style decay: p -= wd * lr * p
@@ -131,15 +131,15 @@ class TrainConfig:
     num_blocks: int = 3               # blocks in the backbone (1..5: each halves the 32x32 image)
     num_conv_layer: int = 3           # parallel conv branches per block
     mixing: str = "seed"              # how a block weighs its branches: seed, softmax, sigmoid, equal (model.MIXINGS)
-    backbone_out_channels: int = 1024 # channels of every branch
-    hidden_size: int = 512            # width of the classifier's hidden layers
+    backbone_out_channels: int | None = None  # channels of every branch (None: the size's, full: 1024)
+    hidden_size: int | None = None    # width of the classifier's hidden layers (None: the size's, full: 512)
     rand_seed: int = 1002             # seeds Python, NumPy, PyTorch and the data order (0..2**32-1)
     # Data and where results go
     data_dir: str = ""                # "" = $CIFAR10_ROOT, else the project's data/
     download: bool = True             # fetch the official archive if CIFAR-10 is missing
     run_dir: str = ""                 # "" = runs/<date-time> (with resume: the latest run)
-    train_subset: int = 0             # first N training images, class-balanced; 0 = all
-    test_subset: int = 0              # first N test images, class-balanced; 0 = all
+    train_subset: int | None = None   # first N training images, class-balanced; 0 = all (None: the size's)
+    test_subset: int | None = None    # first N test images, class-balanced; 0 = all (None: the size's)
     val_size: int = 0                 # validation images carved from training; 0 = none (the seed)
     # How it runs
     scheduler_step: str = "batch"     # "batch"; "epoch" repeats the seed's once-per-epoch bug
@@ -151,6 +151,12 @@ class TrainConfig:
     progress: str = AUTO              # "auto", "bar", "log" (a line per epoch), "none"
 
     def __post_init__(self) -> None:
+        # The size applied as make_config applies it, so that a config never records a size it
+        # does not train at: "auto" is chosen now, and gives the values not set explicitly.
+        self.size = pick_size(self.size)
+        for name, value in SIZES[self.size].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for field in fields(self):
             setattr(self, field.name, _check(field.name, getattr(self, field.name)))
 

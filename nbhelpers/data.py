@@ -400,8 +400,10 @@ class DataOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_pickle(path: Path, root: Path):
-    if not path.is_file():
+    if not path.exists():
         raise _error(root, f"CIFAR-10 at {path.parent} is incomplete: {path.name} is missing")
+    if not path.is_file():  # a folder, a pipe or a device (a link to /dev/zero would never end)
+        raise _error(root, f"{path} is not a regular file")
     try:
         with open(path, "rb") as fh:
             return DataOnlyUnpickler(fh, file_size=os.fstat(fh.fileno()).st_size, encoding="latin1").load()
@@ -497,6 +499,10 @@ def _read_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
         raise not_a_batch(f"its pixels are not whole numbers 0 to 255 (they load as {data.dtype})")
     if labels.size and labels.dtype.kind not in "ui":  # 1.7 would become class 1 unseen
         raise not_a_batch(f"its labels are not class numbers 0, 1, ... (they load as {labels.dtype})")
+    largest = np.iinfo(np.int64).max
+    if labels.dtype == np.uint64 and labels.size and labels.max() > largest:
+        # Named as stored: the cast to int64 below would wrap it around to a negative number.
+        raise not_a_batch(f"its label {int(labels[labels > largest][0])} is not a class number 0, 1, ...")
     return (data.astype(np.uint8, copy=False).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE),
             labels.astype(np.int64, copy=False))
 

@@ -468,3 +468,23 @@ def test_a_batch_whose_data_the_file_does_not_hold_is_refused(copy, constructor)
                                    "batch_label": padding}, protocol=2))
     assert "data_batch_1 declares an array of shape (10, 3072) without its contents: " \
            "the file holds no pixels for it" in _load_error(copy)
+
+
+# --- issue 29: a label and a file as they are, not as they became -------------
+
+def test_a_label_too_large_for_int64_is_named_as_stored(copy):
+    path = copy / D.FOLDER / "data_batch_1"
+    batch = _batch(range(10))
+    batch["labels"] = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 2**63 + 1], dtype=np.uint64)
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    message = _load_error(copy)
+    assert f"{path} is not a CIFAR-10 batch (its label 9223372036854775809 is not a class number" in message
+    assert "-9223372036854775807" not in message
+
+
+def test_a_batch_file_that_links_to_a_device_is_not_called_missing(copy):
+    path = copy / D.FOLDER / "data_batch_1"
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    message = _load_error(copy)
+    assert f"{path} is not a regular file" in message and "is missing" not in message

@@ -228,7 +228,7 @@ class _Payload:
 @pytest.mark.parametrize("how, says", [
     ("history header only", "history.csv holds no epoch"),
     ("history not a number", "history.csv is damaged"),
-    ("config width edited", "do not fit the model its config.json describes"),
+    ("config width edited", "config.json disagrees with .*checkpoint.pt \\(backbone_out_channels: 32 in"),
     ("config without data", "config.json is damaged or was edited"),
     ("model of another width", "do not fit the model its config.json describes"),
     ("model a pickle payload", "holds data that a safe load refuses"),

@@ -1,4 +1,5 @@
 """The sweep: one papermill run of 03 per entry; a finished run is skipped, a killed one resumed."""
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 from nbhelpers.jobs import sweep as S
 from nbhelpers.config import make_config
 from nbhelpers.runs.folder import read_history
+from nbhelpers.runs.lock import folder_lock
 
 # Seconds per epoch on a CPU, on the synthetic data of conftest (2,000 / 200 images).
 SMALL = dict(num_epochs=4, batch_size=32, backbone_out_channels=8, hidden_size=16,
@@ -260,3 +262,22 @@ def test_publish_needs_a_records_folder():
     with pytest.raises(SystemExit) as stopped:
         S.main(["optimizers", "--size", "tiny", "--publish"])
     assert str(stopped.value.code).startswith("error: --publish") and "--records" in str(stopped.value.code)
+
+
+def test_list_only_reads_so_it_lists_a_sweep_on_a_read_only_disk(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"a": {"num_epochs": 1}}))
+    entry = S.make_sweep(str(path), size="tiny", folder=tmp_path / "out").entries[0]
+    for folder in (entry.folder, entry.run_dir):
+        with folder_lock(folder):  # leaves its .lock behind, as every run does
+            pass
+    real_open = open
+
+    def read_only(file, mode="r", *args, **kwargs):  # what a read-only filesystem answers
+        if set(mode) & set("wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr(S.signal, "signal", lambda *args: None)  # main's SIGTERM handler, not pytest's
+    S.main([str(path), "--size", "tiny", "--folder", str(tmp_path / "out"), "--list"])
+    assert capsys.readouterr().out.split()[:3] == ["0", "a", "new"]

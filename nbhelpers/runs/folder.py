@@ -18,7 +18,8 @@ A run folder holds everything a run produces:
 Five rules keep what a run wrote from ever being lost or misread:
 1. A folder is written into only when it is new (absent or empty) or explicitly
    resumed: a new run never lands on top of an old one, and a finished run is
-   never written again (a resume only restores files that went missing).
+   never written again (a resume only repairs files that went missing or that differ
+   from its checkpoint, which holds every table).
 2. One process at a time: the folder's lock is held from the first check to
    the end of training, so two runs or two resumes never share a folder.
 3. Every file is written to a temporary file of its own and renamed: a crash,
@@ -62,12 +63,12 @@ __all__ = ["CHECKPOINT", "HISTORY", "CONFIG", "WEIGHTS", "STEPS", "BRANCH_WEIGHT
            "CHECKPOINT_FORMAT", "KEPT_ON_RESUME", "RunFolderError", "ResumeError", "Run",
            "resume_command", "new_run_dir", "is_finished", "run_folders", "latest_run_dir",
            "run_to_resume", "progress_of", "stopped_before_first_epoch", "check_path_is_usable",
-           "check_new_run_dir", "check_holds_nothing", "atomic_write", "write_table", "read_table",
-           "write_tables", "read_history", "file_sha256", "write_weights", "environment",
+           "check_new_run_dir", "check_holds_nothing", "atomic_write", "table_bytes", "write_table",
+           "read_table", "write_tables", "read_history", "file_sha256", "write_weights", "environment",
            "project_commit", "write_config", "read_config", "set_rng_state", "save_checkpoint",
            "load_safely", "load_checkpoint", "settings_that_differ", "check_resumable",
            "check_same_data", "choose_run_dir", "writing", "ResumePoint", "resume_point",
-           "restore_missing_files", "RECORDS", "copy_records"]
+           "repair_from_checkpoint", "RECORDS", "copy_records"]
 
 CHECKPOINT, HISTORY, CONFIG, WEIGHTS = "checkpoint.pt", "history.csv", "config.json", "model.pt"
 STEPS, BRANCH_WEIGHTS = "steps.csv", "branch_weights.csv"
@@ -279,15 +280,18 @@ def _why_write_failed(exc: Exception, folder: Path) -> tuple[str, str]:
     return reason, "Fix that"
 
 
+def table_bytes(rows: list[dict]) -> bytes:
+    """Rows of numbers as the CSV file write_table writes: its columns those of the first row."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
 def write_table(path: Path, rows: list[dict]) -> None:
-    """Rows of numbers as a CSV file, its columns those of the first row (written atomically)."""
-    def write(fh):
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        fh.write(text.getvalue().encode())
-    atomic_write(path, write)
+    """Rows of numbers as a CSV file (table_bytes), written atomically."""
+    atomic_write(path, lambda fh: fh.write(table_bytes(rows)))
 
 
 def read_table(path: Path) -> list[dict[str, float]]:
@@ -424,10 +428,14 @@ def save_checkpoint(run: Run, optimizer, scheduler, epoch: int) -> None:
     atomic_write(run.run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
 
 
-def load_safely(path: Path, device: torch.device | str) -> Any:
-    """torch.load of tensors and plain data only; RunFolderError (never torch's advice) otherwise."""
+def load_safely(path: Path, device: torch.device | str, mmap: bool = False) -> Any:
+    """torch.load of tensors and plain data only; RunFolderError (never torch's advice) otherwise.
+
+    mmap=True maps the tensors instead of reading them in: cheap where only a
+    large file's small entries are wanted (a checkpoint's configuration, say).
+    """
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as exc:  # a damaged zip, a truncated file, a refused pickle, ...
         message = str(exc)
         if isinstance(exc, pickle.UnpicklingError) or "weights_only" in message:
@@ -556,27 +564,40 @@ def resume_point(run_dir: Path, config: TrainConfig, data: dict[str, Any],
                        saved.get("resolved"), saved.get("info"))
 
 
-def restore_missing_files(run_dir: Path, point: ResumePoint, info: dict[str, Any],
-                          finished: bool) -> None:
-    """Put back what went missing from the folder, from the checkpoint; leave the rest untouched.
+def repair_from_checkpoint(run_dir: Path, point: ResumePoint, info: dict[str, Any],
+                           finished: bool) -> None:
+    """Make the folder agree with its checkpoint again: put back what is missing, rewrite a table
+    that differs from the checkpoint's; leave the rest untouched.
 
-    A finished run whose files are all there is refused: a resume never writes a finished run.
+    A table differs after an interruption between the checkpoint and the tables
+    (a kill, a full disk: one epoch short) or when it was damaged or edited; the
+    checkpoint holds every table as it was written. A finished run whose files
+    are all there and agree is refused: a resume never writes a finished run.
     """
-    tables = {name: point.tables[attribute] for attribute, name in TABLES.items() if point.tables[attribute]}
-    missing = [name for name in (CONFIG, *tables) + ((WEIGHTS,) if finished else ())
-               if not (run_dir / name).is_file()]
-    if finished and not missing:
+    repaired = {name: "was missing" for name in (CONFIG, WEIGHTS) if not (run_dir / name).is_file()}
+    if not finished:
+        repaired.pop(WEIGHTS, None)  # an unfinished run has no final weights yet
+    for attribute, name in TABLES.items():
+        rows = point.tables[attribute]
+        if not rows:
+            continue
+        if not (run_dir / name).is_file():
+            repaired[name] = "was missing"
+        elif (run_dir / name).read_bytes() != table_bytes(rows):
+            repaired[name] = "differed from it"
+    if finished and not repaired:
         raise RunFolderError(f"{run_dir} is already finished: all {point.epoch} epochs are "
-                             "trained and its files are complete, so there is nothing to continue "
-                             "and nothing is written. Evaluate it with notebook 04 "
+                             "trained and its files agree with its checkpoint, so there is nothing "
+                             "to continue and nothing is written. Evaluate it with notebook 04 "
                              f"(`-p run_dir {shlex.quote(str(run_dir))}`), or start a new run.")
-    for name, rows in tables.items():
-        if name in missing:
-            write_table(run_dir / name, rows)
-    if WEIGHTS in missing:
+    for attribute, name in TABLES.items():
+        if name in repaired:
+            write_table(run_dir / name, point.tables[attribute])
+    if WEIGHTS in repaired:
         atomic_write(run_dir / WEIGHTS, lambda fh: torch.save(point.states["model"], fh))
         info["model_sha256"] = file_sha256(run_dir / WEIGHTS)
-    if CONFIG in missing or WEIGHTS in missing:
+    if CONFIG in repaired or WEIGHTS in repaired:
         write_config(run_dir, info)
-    if missing:
-        print(f"{run_dir}: restored {', '.join(missing)} from its checkpoint")
+    if repaired:
+        print(f"{run_dir}: restored from its checkpoint (epoch {point.epoch}): "
+              + ", ".join(f"{name} ({why})" for name, why in repaired.items()))

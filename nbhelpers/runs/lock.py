@@ -40,6 +40,11 @@ try:
     def _try_lock(fh: IO) -> None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError if held elsewhere
 
+    def _try_shared_lock(fh: IO) -> None:
+        # A shared lock conflicts only with a holder's exclusive one, and needs a file open for
+        # reading only (on NFS too, where flock is a byte-range lock that checks the open mode).
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+
     def _unlock(fh: IO) -> None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 except ImportError:  # Windows
@@ -48,6 +53,8 @@ except ImportError:  # Windows
     def _try_lock(fh: IO) -> None:
         fh.seek(0)
         msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+
+    _try_shared_lock = _try_lock  # msvcrt has no shared lock; its byte lock needs only read access
 
     def _unlock(fh: IO) -> None:
         fh.seek(0)
@@ -63,7 +70,7 @@ class FolderInUse(ExplainedError, RuntimeError):
 
 
 class FolderNotWritable(ExplainedError, OSError):
-    """The folder cannot be made, or its lock file cannot be written."""
+    """The folder cannot be made, or its lock file cannot be written (or, to check it, read)."""
 
 
 def holder_of(folder: Path) -> str:
@@ -83,11 +90,17 @@ def folder_lock(folder: Path, what: str = "folder") -> Iterator[None]:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        # "a" creates the file without truncating what the holder wrote into it.
-        handle = open(folder / LOCK, "a+")
     except OSError as exc:  # a read-only disk, a folder of someone else's, a file in the way
         raise FolderNotWritable(f"The {what} {folder} cannot be created or written "
                                 f"({exc.strerror or exc}): use a folder you can write.") from None
+    try:
+        # "a" creates the file without truncating what the holder wrote into it.
+        handle = open(folder / LOCK, "a+")
+    except OSError as exc:  # a read-only disk, a lock file of someone else's, a folder named .lock
+        raise FolderNotWritable(
+            f"The {what} {folder} cannot be written: its lock file {folder / LOCK} cannot be opened "
+            f"for writing ({exc.strerror or exc}). Make {LOCK} a file you can write (it only names "
+            "the last process there), or use another folder.") from None
     try:
         _try_lock(handle)
     except OSError:
@@ -118,13 +131,23 @@ def check_not_in_use(folder: Path, what: str = "folder") -> None:
 
 
 def is_locked(folder: Path) -> bool:
-    """Is another process holding `folder`'s lock right now? (Never creates the folder.)"""
+    """Is another process holding `folder`'s lock right now? (Never creates or writes anything.)
+
+    It only reads: the lock file is opened for reading and probed with a shared
+    lock, so this works on a read-only disk and on a lock file of someone else's.
+    """
     path = Path(folder) / LOCK
     if not path.is_file():
         return False
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path)
+    except OSError as exc:  # not even readable: whether a process holds it cannot be told
+        raise FolderNotWritable(f"{path} cannot be read ({exc.strerror or exc}), so whether a "
+                                f"process is using {Path(folder)} cannot be told. Make it readable, "
+                                "or use another folder.") from None
+    with handle:
         try:
-            _try_lock(handle)
+            _try_shared_lock(handle)
         except OSError:
             return True
         _unlock(handle)

@@ -29,7 +29,7 @@ from ..train import (beta1_of, branch_probe, branch_weight_rows, build_scheduler
                      check_batch_size, check_fits_in_memory, check_optimizer_state, describe_splits,
                      eval_splits, step_rows, train_epoch)
 from .folder import (CHECKPOINT, KEPT_ON_RESUME, ResumeError, ResumePoint, Run, choose_run_dir,
-                     environment, restore_missing_files, resume_point, save_checkpoint, set_rng_state,
+                     environment, repair_from_checkpoint, resume_point, save_checkpoint, set_rng_state,
                      write_config, write_tables, write_weights, writing)
 
 __all__ = ["TrainingDiverged", "fit", "settings_for", "restore", "train_epochs", "check_finite"]
@@ -77,7 +77,7 @@ def fit(config: TrainConfig | None = None, *, stop_after: int | None = None,
         else:
             restore(point, model, optimizer, scheduler, config, run_dir)
             start, tables, info = point.epoch, point.tables, point.info or info
-            restore_missing_files(run_dir, point, info, finished=start >= config.num_epochs)
+            repair_from_checkpoint(run_dir, point, info, finished=start >= config.num_epochs)
         run = Run(config, run_dir, model, tables.get("history", []), device, splits.classes,
                   info=info, steps=tables.get("steps", []),
                   branch_weights=tables.get("branch_weights", []))
