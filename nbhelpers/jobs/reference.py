@@ -47,7 +47,8 @@ RESULTS_START, RESULTS_END = "<!-- results: written by python -m nbhelpers.jobs.
 # the mixings, 5 seeds each; 07 on the sweep schedule at its CPU size, long, which it does not
 # train (hours: `make schedule` does, resumably), and on AdamW at its own max_lr at small.
 # Every sweep compares from, and publishes to, RECORDS_DIR: what is published is not trained again.
-RECORDS_DIR = PROJECT_ROOT / "reference" / "records"
+# Relative to the project root (as every path the series injects), wherever the project lies.
+RECORDS_DIR = "reference/records"
 SWEEP_NOTEBOOKS = {"05_compare": ("05_compare", {"sweep": "optimizers", "seeds": 5, "size": "small"}),
                    "05_compare-parts": ("05_compare", {"sweep": "parts", "seeds": 5, "size": "small"}),
                    "06_branch_mixing": ("06_branch_mixing", {"seeds": 5, "size": "small"}),
@@ -74,7 +75,7 @@ def run_reference(name: str, size: str) -> Path:
     executed = run_series(size, f"reference-{name}", figures=figures)
     base = executed.parent
     for output, (notebook, parameters) in SWEEP_NOTEBOOKS.items():
-        parameters = dict(parameters, records_dir=shown_path(RECORDS_DIR), figures_dir=shown_path(figures),
+        parameters = dict(parameters, records_dir=RECORDS_DIR, figures_dir=shown_path(figures),
                           data_dir=_data_dir_of(base))
         print(f"--- {notebook} -> {output}.ipynb {parameters}", flush=True)
         run_notebook(notebook, executed / f"{output}.ipynb", parameters)
