@@ -118,7 +118,7 @@ def test_the_reference_run_injects_paths_relative_to_the_project_root(tmp_path, 
     assert paths["03_train: run_dir"] == "runs/reference-test/run"
     assert paths["05_compare: figures_dir"] == "figures/tiny"
     assert paths["06_branch_mixing: data_dir"] == "runs/reference-test/synthetic-data"
-    assert paths["07_schedule: records_dir"] == "reference/records"
+    assert paths["05_compare-parts: records_dir"] == "reference/records"
     assert not [f"{where} = {value}" for where, value in paths.items() if value.startswith("/")]
 
 
