@@ -226,7 +226,8 @@ def _finished_by_hand(entry, data_folder):
     config = make_config(**{k: v for k, v in entry.parameters.items()
                             if k not in ("figures_dir",)}).to_dict()
     entry.run_dir.mkdir(parents=True)
-    (entry.run_dir / "config.json").write_text(json.dumps({"config": config, "data": {"folder": str(data_folder)}}))
+    (entry.run_dir / "config.json").write_text(json.dumps({"config": dict(config, data_dir=str(data_folder)),
+                                                         "data": {"folder": str(data_folder)}}))
     write_table(entry.run_dir / "history.csv", [{"epoch": e, "train_loss": 1.0, "train_acc": 50.0, "test_loss": 1.0,
                                                  "test_acc": 40.0 + e, "lr": 0.01, "seconds": 1.0}
                                                 for e in range(1, config["num_epochs"] + 1)])
@@ -247,6 +248,7 @@ def test_published_records_carry_a_sweep_without_weights_and_are_not_trained_aga
     assert sorted(p.name for p in first.record.iterdir()) == ["config.json", "history.csv", "steps.csv"]
     published = json.loads((first.record / "config.json").read_text())
     assert published["data"]["folder"] == "data/cifar-10-batches-py"  # no folder of this machine
+    assert published["config"]["data_dir"] == "data/cifar-10-batches-py"
     assert first.stage() == "published" and first.results_folder() == first.record
     assert second.results_folder() is None
     said = []

@@ -368,15 +368,17 @@ def write_config(run_dir: Path, info: dict[str, Any]) -> None:
 def copy_records(run_dir: Path, destination: Path) -> Path:
     """Copy the run's RECORDS (those it has) into `destination`, each written whole (atomic_write).
 
-    config.json's data folder is written as the series shows a path (relative to
-    the project where it lies inside it), so a published record names no folder
-    of the machine it ran on.
+    config.json's data folders (the one found, and data_dir as given) are written
+    as the series shows a path (relative to the project where it lies inside it),
+    so a published record names no folder of the machine it ran on.
     """
     destination.mkdir(parents=True, exist_ok=True)
     info = read_config(run_dir)
-    data = info.get("data")
+    data, config = info.get("data"), info.get("config")
     if isinstance(data, dict) and data.get("folder"):
         info = dict(info, data=dict(data, folder=shown_path(data["folder"])))
+    if isinstance(config, dict) and config.get("data_dir"):
+        info = dict(info, config=dict(config, data_dir=shown_path(config["data_dir"])))
     write_config(destination, info)
     for name in RECORDS[1:]:
         if (run_dir / name).is_file():
