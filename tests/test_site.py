@@ -129,8 +129,6 @@ def test_a_path_inside_the_project_is_shown_relative_and_one_outside_as_it_is():
     assert shown_path("/elsewhere/data") == "/elsewhere/data" and shown_path("runs/x") == "runs/x"
 
 
-@pytest.mark.xfail(strict=True, reason="reference/cpu-demo/ was executed before the reference run injected and "
-                                       "printed relative paths: `make reference` regenerates it")
 @pytest.mark.parametrize("path", sorted(REF.REFERENCE_DIR.glob("*/*.ipynb")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_the_published_notebooks_name_no_folder_of_the_machine_they_ran_on(path):
     found = [(index, match.group(0)) for index, cell in enumerate(nbformat.read(path, as_version=4).cells)

@@ -97,6 +97,10 @@ def publish(name: str, size: str, base: Path) -> Path:
     for path in sorted((base / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         notebook.metadata.pop("widgets", None)  # widget state: nothing a reader can see
+        papermill = notebook.metadata.get("papermill", {})
+        for key in ("input_path", "output_path"):  # where it ran, as the series shows a path
+            if papermill.get(key):
+                papermill[key] = shown_path(papermill[key])
         nbformat.write(notebook, target / path.name)
     results = summarize(name, size, base)
     (target / "results.json").write_text(json.dumps(results, indent=2) + "\n")
