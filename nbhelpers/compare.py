@@ -21,6 +21,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +30,8 @@ import torch
 from .branches import BranchHistory, branch_history, leading_branch
 from .config import NOT_CHANGING_THE_NUMBERS, build_model, make_config, reached_the_last_epoch
 from .model import MIXINGS, count_flops, count_parameters
-from .stats import Interval, mean_and_sd, seed_interval, seeds_needed, shared_seeds, verdict, wilson_interval
+from .stats import (Interval, mean_and_sd, seed_interval, seeds_compared, seeds_needed, shared_seeds, verdict,
+                    wilson_interval)
 
 __all__ = ["RunSummary", "NOT_LABELS", "label_by_what_differs", "Setting", "group_settings",
            "SettingDifference", "differences_between", "against_the_first", "markdown_table",
@@ -143,12 +145,11 @@ class SettingDifference:
     @property
     def seeds(self) -> int:
         """The seeds compared: those both settings ran if paired, else the smaller side's runs."""
-        if self.paired:
-            return len(shared_seeds(self.first.by_seed, self.second.by_seed))
-        return min(len(self.first.runs), len(self.second.runs))
+        return seeds_compared(self.first.by_seed, self.second.by_seed)
 
-    @property
+    @cached_property
     def interval(self) -> Interval | None:
+        """Computed once: value, is_real, verdict and the tables all read it."""
         return seed_interval(self.first.by_seed, self.second.by_seed)
 
     @property
@@ -379,7 +380,7 @@ def describe_mixing_study(groups: dict[str, list[MixingRun]], reference: str = "
     for mixing in others:
         accuracy, use = mixing_accuracy(groups[mixing]), final_effective(groups[mixing])
         against[mixing], interval = _against(accuracy, base_accuracy)
-        said = (f"{interval} against {reference}, {verdict(interval, min(len(accuracy), len(base_accuracy)))}"
+        said = (f"{interval} against {reference}, {verdict(interval, seeds_compared(accuracy, base_accuracy))}"
                 if interval else f"{statistics.fmean(accuracy.values()) - statistics.fmean(base_accuracy.values()):+.2f} "
                 f"points against {reference}, no interval with one seed")
         lines.append(f"{mixing}: {mean_and_sd(list(accuracy.values()))}% ({said}); effective branches per "

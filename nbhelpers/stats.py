@@ -35,7 +35,7 @@ from scipy import stats as scipy_stats
 
 from .errors import ExplainedError
 
-__all__ = ["Interval", "ComparisonError", "mean_and_sd", "paired_interval", "welch_interval", "seed_interval", "shared_seeds", "paired_bootstrap",
+__all__ = ["Interval", "ComparisonError", "mean_and_sd", "paired_interval", "welch_interval", "seed_interval", "shared_seeds", "seeds_compared", "paired_bootstrap",
            "mean_interval", "wilson_interval", "verdict", "seeds_needed", "RuleRates",
            "simulate_rules", "OLD_RULE", "PAIRED_RULE"]
 
@@ -144,6 +144,12 @@ def seed_interval(first: Mapping[int, float], second: Mapping[int, float],
 def shared_seeds(first: Mapping[int, float], second: Mapping[int, float]) -> list[int]:
     """The seeds both sides ran, in order: what a paired comparison matches."""
     return sorted(first.keys() & second.keys())
+
+
+def seeds_compared(first: Mapping[int, float], second: Mapping[int, float]) -> int:
+    """The N of seed_interval's verdict: the shared seeds where it pairs, else the smaller side's runs."""
+    shared = shared_seeds(first, second)
+    return len(shared) if len(shared) >= 2 else min(len(first), len(second))
 
 
 def verdict(interval: Interval, n: int, unit: str = "seeds") -> str:
