@@ -168,6 +168,16 @@ class SettingDifference:
         return verdict(self.interval, self.seeds)
 
     @property
+    def reading(self) -> str:
+        """The interval and what it says, in words: '+1.20 [+0.40, +2.00]: real, ranger higher'."""
+        if self.interval is None:
+            return self.verdict
+        if not self.interval.is_real:
+            return f"{self.interval}: {self.verdict}"
+        direction = "higher" if self.interval.difference > 0 else "lower"
+        return f"{self.interval}: real, {self.first.label} {direction}"
+
+    @property
     def seeds_needed(self) -> int | None:
         """Seeds a paired comparison would need to resolve a difference of this size (None if unpaired)."""
         if not self.paired:

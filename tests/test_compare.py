@@ -89,6 +89,10 @@ def test_a_difference_is_real_only_where_its_paired_interval_excludes_zero(tmp_p
     assert ranger_vs_sgd.value == 3.0 and ranger_vs_sgd.verdict == "not resolved with 3 seeds (±4.97)"
     assert ranger_vs_sgd.seeds_needed == 5  # t(3) * 2 / 2 = 3.18 >= 3; t(4) * 2 / sqrt(5) = 2.48 < 3
     assert ranger_vs_sgd_epoch.second.label == "sgd, epoch"
+    assert ranger.reading == "+11.00 pp [+8.52, +13.48]: real, ranger, batch higher"
+    assert C.SettingDifference(ranger.second, ranger.first).reading.endswith("real, ranger, epoch lower")
+    assert ranger_vs_sgd.reading == "+3.00 pp [-1.97, +7.97]: not resolved with 3 seeds (±4.97)"
+    assert by_step["sgd, batch"].reading == by_step["sgd, batch"].verdict  # one seed: no interval to read
     rows = C.differences_table([ranger, ranger_vs_sgd]).splitlines()
     assert rows[2] == "| ranger, batch | ranger, epoch | 3, paired | +11.00 | [+8.52, +13.48] | real |  |"
     assert rows[3] == ("| ranger, batch | sgd, batch | 3, paired | +3.00 | [-1.97, +7.97] | "
