@@ -170,13 +170,14 @@ def test_with_several_gpus_runs_go_one_per_gpu_at_a_time(monkeypatch, tmp_path):
 def test_the_schedule_sweep_is_ranger_and_adamw_per_batch_and_per_epoch_at_long_on_a_cpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     sweep = S.make_sweep("schedule", seeds=3)
-    assert sweep.name == "schedule-long" and len(sweep.entries) == 12
+    assert sweep.name == "schedule-long" and sweep.size == "long" and len(sweep.entries) == 12
     settings = {(e.parameters["optimizer"], e.parameters["scheduler_step"]) for e in sweep.entries}
     assert settings == {(o, s) for o in ("ranger", "adamw") for s in ("batch", "epoch")}
     assert {e.parameters["size"] for e in sweep.entries} == {"long"}
     # "auto" only: a size asked for by name is kept, and the other sweeps stay small without a GPU.
     assert S.make_sweep("schedule", size="small").name == "schedule-small"
-    assert S.make_sweep("optimizers").name == "optimizers-small"
+    optimizers = S.make_sweep("optimizers")
+    assert (optimizers.name, optimizers.size) == ("optimizers-small", "small")
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert S.make_sweep("schedule").name == "schedule-full"
 

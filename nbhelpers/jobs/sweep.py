@@ -176,6 +176,7 @@ class Sweep:
     name: str                    # <sweep>-<size>, the name of its folder by default
     entries: list[Entry] = field(default_factory=list)
     sweep: str = "sweep"         # the sweep alone: "optimizers", or a JSON file's stem (for figure names)
+    size: str = ""               # the size every run trains at, "auto" resolved: "small", "long", ...
 
 
 def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str = "auto",
@@ -218,7 +219,7 @@ def make_sweep(runs: str | dict[str, dict[str, Any]] = "optimizers", size: str =
                                           "figures_dir": "", "progress": "log"}, entry_folder,
                                  records_root / seeded if records_root else None))
     _refuse_shared_folders(entries)
-    return Sweep(f"{name}-{size}", entries, name)
+    return Sweep(f"{name}-{size}", entries, name, size)
 
 
 def _first_seed(run_name: str, size: str, parameters: dict[str, Any], seeds: int) -> int:
