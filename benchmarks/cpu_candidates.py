@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_candidates.py [--widths 8 16 32] [--candidates fused_tail compiled_tail ...]
                                         [--threads 1] [--repeats 5]
+                                        [--precision bf16|fp32|auto] [--channels-last true|false|auto]
 
 A branch of the seed's block is conv3x3 -> BatchNorm -> MaxPool 2x2 -> LeakyReLU.
 On a CPU the three layers after the convolution are about half of a training
@@ -21,9 +22,14 @@ rounding; the first maximum of a window takes its gradient, as in max_pool2d):
   C++ kernels), laid out so that each kernel vectorizes at 8 channels.
 - compiled_model: torch.compile over the whole model (today's "compile=True").
 - wide_conv: the three branches of a block as one convolution of 3x the
-  channels, then one batch norm and one pooling over all of them.
+  channels, then one batch norm, one pooling and one LeakyReLU over all of
+  them, and the per-image mixing as one batched product (bmm) instead of a
+  product and a sum per branch (until 2026-12-07 it mixed per branch: the
+  Xeon's table in RESULTS.md is that one).
 
-Each runs `fit`'s training step (train_epoch) at bf16 + channels_last; all are
+Each runs `fit`'s training step (train_epoch) at bf16 + channels_last, or at
+the precision and layout given (`--precision fp32 --channels-last false`, or
+"auto" for what fit picks on this CPU); all are
 timed in alternation in one process, median of the repeats, as CPU seconds of
 this process (with --threads 1 another helper's load adds little to them) and
 as wall seconds. Results go to benchmarks/results/cpu_candidates_<cpu>.json.
@@ -194,13 +200,10 @@ def wide_block_forward(block, x):
             norm.running_mean.copy_(running_mean[j * width:(j + 1) * width])
             norm.running_var.copy_(running_var[j * width:(j + 1) * width])
             norm.num_batches_tracked.add_(int(block.training))
-    weights = block.branch_weights(x)
-    mixed = None
-    for j in range(len(convs)):
-        out, weight = pooled[:, j * width:(j + 1) * width], weights[:, j].view(-1, 1, 1, 1)
-        mixed = (out * weight).contiguous(memory_format=torch.channels_last) if mixed is None \
-            else mixed.addcmul_(out, weight)
-    return mixed
+    # mixed[n] = sum over branches j of weight[n, j] * pooled[n, branch j]: one (1 x k) @ (k x CHW) per image
+    batch, _, height, breadth = pooled.shape
+    mixed = torch.bmm(block.branch_weights(x).unsqueeze(1), pooled.reshape(batch, len(convs), -1))
+    return mixed.view(batch, width, height, breadth)
 
 
 def with_wide_convs(model: torch.nn.Module) -> None:
@@ -216,9 +219,9 @@ CANDIDATES = {
 }
 
 
-def candidate_runner(name: str, width: int, batch: int, steps: int):
+def candidate_runner(name: str, width: int, batch: int, steps: int, precision="bf16", channels_last=True):
     """A function running `steps` of fit's training step with candidate `name` (or today's default)."""
-    how = dict(precision="bf16", channels_last=True, compile=name == "compiled_model")
+    how = dict(precision=precision, channels_last=channels_last, compile=name == "compiled_model")
     original = model_module.Model.__init__
     change = CANDIDATES.get(name)
     if change is not None:  # applied to the model build_training builds, before its optimizer
@@ -262,10 +265,10 @@ def check_exact(name: str, width: int = 8) -> float:
     return worst
 
 
-def compare_at(width: int, names: list[str], batch: int, steps: int, repeats: int) -> dict:
+def compare_at(width: int, names: list[str], batch: int, steps: int, repeats: int, **how) -> dict:
     runs, first = {}, {}
     for name in names:
-        runs[name] = candidate_runner(name, width, batch, steps)
+        runs[name] = candidate_runner(name, width, batch, steps, **how)
         start = time.perf_counter()
         runs[name]()  # compilation, if any, and the allocator's growth
         first[name] = time.perf_counter() - start
@@ -292,22 +295,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="bf16", help="bf16, fp32 or auto (what fit picks here)")
+    parser.add_argument("--channels-last", default="true", help="true, false or auto")
+    parser.add_argument("--name", default="", help="suffix of the results file, e.g. 'epyc_fp32'")
     args = parser.parse_args()
+    how = dict(precision=args.precision,
+               channels_last={"true": True, "false": False}.get(args.channels_last, args.channels_last))
     torch.set_num_threads(args.threads)
     names = ["default"] + args.candidates
     for name in args.candidates:
         print(f"{name}: largest relative difference from the plain model (fp32): {check_exact(name):.1e}")
     results = {"machine": machine(torch.device("cpu")), "load_average": os.getloadavg(),
-               "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "widths": {}}
+               "batch": args.batch, "steps": args.steps, "repeats": args.repeats, "asked": how, "widths": {}}
     for width in args.widths:
-        results["widths"][width] = rows = compare_at(width, names, args.batch, args.steps, args.repeats)
-        print(f"\nwidth {width}, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}")
+        results["widths"][width] = rows = compare_at(width, names, args.batch, args.steps, args.repeats, **how)
+        print(f"\nwidth {width}, {args.threads} thread(s), {how}, load {os.getloadavg()[0]:.1f}")
         for name, row in rows.items():
             print(f"  {name:<15} {row['cpu_ms_per_step']:7.1f} ms CPU/step ({row['speedup_cpu']:.2f}x)  "
                   f"{row['wall_ms_per_step']:7.1f} ms wall/step ({row['speedup_wall']:.2f}x)  "
                   f"first epoch {row['first_epoch_s']:.0f} s")
     results["load_average_after"] = os.getloadavg()
-    write_results("cpu_candidates_cpu_w" + "_".join(map(str, args.widths)), results)
+    write_results("cpu_candidates_cpu_w" + "_".join(map(str, args.widths))
+                  + (f"_{args.name}" if args.name else ""), results)
 
 
 if __name__ == "__main__":
