@@ -51,14 +51,34 @@ def test_the_results_table_holds_each_run_and_the_seed_beside_it(tmp_path, monke
     assert rows[3].startswith("| the seed (its Colab notebook) |") and "| 88.39% | 89.21% (55) |" in rows[3]
 
 
+def _published_run(records, sweep, run, device, seconds):
+    folder = records / sweep / run
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"device": device, "config": {}}))
+    (folder / "history.csv").write_text("epoch,test_acc,seconds\n" + "".join(
+        f"{k + 1},50.0,{s}\n" for k, s in enumerate(seconds)))
+
+
+def test_the_published_sweeps_table_says_what_their_runs_cost(tmp_path):
+    _published_run(tmp_path, "schedule-long", "ranger-batch", "cpu (a CPU, 1 threads)", [900.0, 900.0])
+    _published_run(tmp_path, "schedule-long", "ranger-epoch", "cpu (a CPU, 1 threads)", [600.0, 600.0])
+    (tmp_path / "schedule-long" / "unfinished").mkdir()  # no config.json: not a run, not counted
+    rows = REF.sweeps_table(REF.published_sweeps(tmp_path)).splitlines()
+    assert rows[2] == ("| schedule-long | 2 | 2 | 25.0 min (20.0 min to 30.0 min) | 50.0 min | "
+                       "cpu (a CPU, 1 threads) |")
+    assert len(rows) == 3
+
+
 def test_the_readme_table_is_rewritten_between_its_markers_only(tmp_path, monkeypatch):
     monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
     _reference(tmp_path / "reference", RESULTS)
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n## Results\n{REF.RESULTS_START}\nold table\n{REF.RESULTS_END}\n\nafter\n")
-    REF.write_readme_results(readme)
+    _published_run(tmp_path / "records", "parts-small", "ranger", "cpu (a CPU, 2 threads)", [30.0])
+    REF.write_readme_results(readme, tmp_path / "records")
     text = readme.read_text()
     assert "old table" not in text and "| 65.97% |" in text and text.endswith("\n\nafter\n")
+    assert "| parts-small | 1 | 1 | 30.0 s (30.0 s to 30.0 s) | 30.0 s | cpu (a CPU, 2 threads) |" in text
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="has no Results markers"):
         REF.write_readme_results(readme)

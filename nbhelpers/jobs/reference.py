@@ -37,7 +37,7 @@ from ..config import SIZES, pick_size
 
 __all__ = ["REFERENCE_DIR", "RECORDS_DIR", "README", "RESULTS_START", "RESULTS_END", "SWEEP_NOTEBOOKS", "SEED_ROW",
            "figures_dir_for", "run_reference", "publish", "summarize", "reference_results",
-           "results_table", "write_readme_results", "main"]
+           "results_table", "published_sweeps", "sweeps_table", "write_readme_results", "main"]
 
 REFERENCE_DIR = PROJECT_ROOT / "reference"
 README = PROJECT_ROOT / "README.md"
@@ -156,8 +156,36 @@ def results_table(results: list[dict[str, Any]], link: str = "reference/{name}/"
     return "\n".join(lines)
 
 
-def write_readme_results(readme: Path = README) -> None:
-    """Replace what lies between the README's Results markers by the table of reference/."""
+def published_sweeps(records: Path | None = None) -> list[dict[str, Any]]:
+    """Each published sweep (records/<sweep>-<size>/, default RECORDS_DIR): its runs, epochs, devices, time."""
+    records = PROJECT_ROOT / RECORDS_DIR if records is None else records
+    sweeps = []
+    for folder in sorted(path for path in records.glob("*") if path.is_dir()):
+        runs = [run for run in sorted(folder.iterdir()) if (run / "config.json").is_file()]
+        if not runs:
+            continue
+        seconds = [sum(row["seconds"] for row in read_history(run)) for run in runs]
+        sweeps.append({"sweep": folder.name, "runs": len(runs),
+                       "epochs": sorted({len(read_history(run)) for run in runs}),
+                       "devices": sorted({read_config(run)["device"] for run in runs}),
+                       "seconds": seconds})
+    return sweeps
+
+
+def sweeps_table(sweeps: list[dict[str, Any]]) -> str:
+    """A Markdown table of the published sweeps and what their runs cost: training and evaluation, from history.csv."""
+    lines = ["| published sweep (records) | runs | epochs a run | training a run, mean (range) | all runs | device |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for sweep in sweeps:
+        seconds = sweep["seconds"]
+        lines.append(f"| {sweep['sweep']} | {sweep['runs']} | {', '.join(map(str, sweep['epochs']))} | "
+                     f"{_minutes(sum(seconds) / len(seconds))} ({_minutes(min(seconds))} to "
+                     f"{_minutes(max(seconds))}) | {_minutes(sum(seconds))} | {'; '.join(sweep['devices'])} |")
+    return "\n".join(lines)
+
+
+def write_readme_results(readme: Path = README, records: Path | None = None) -> None:
+    """Replace what lies between the README's Results markers by the tables of reference/ and its records."""
     text = readme.read_text()
     if RESULTS_START not in text or RESULTS_END not in text:
         raise SystemExit(f"{readme} has no Results markers ({RESULTS_START} ... {RESULTS_END})")
@@ -166,7 +194,9 @@ def write_readme_results(readme: Path = README) -> None:
                          f"come before {RESULTS_END}")
     head, rest = text.split(RESULTS_START, 1)
     _, tail = rest.split(RESULTS_END, 1)
-    readme.write_text(f"{head}{RESULTS_START}\n{results_table(reference_results())}\n{RESULTS_END}{tail}")
+    sweeps = published_sweeps(records)
+    tables = results_table(reference_results()) + (f"\n\n{sweeps_table(sweeps)}" if sweeps else "")
+    readme.write_text(f"{head}{RESULTS_START}\n{tables}\n{RESULTS_END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from latex2mathml.converter import convert as tex_to_mathml
 from nbconvert import HTMLExporter
 from nbconvert.filters import markdown2html_mistune
 
-from .reference import REFERENCE_DIR, reference_results, results_table
+from .reference import REFERENCE_DIR, published_sweeps, reference_results, results_table, sweeps_table
 from ..runtime import PROJECT_ROOT
 
 __all__ = ["SITE_DIR", "SITE_MARKER", "math_as_mathml", "notebook_page", "index_page", "build_site", "main"]
@@ -76,11 +76,15 @@ def notebook_page(path: Path) -> str:
 
 
 def index_page(names: list[str], pages: dict[str, list[Path]]) -> str:
-    """The site's first page: the Results table, then every notebook of every reference run."""
+    """The site's first page: the Results tables (runs, published sweeps), then every notebook of every run."""
     # The Markdown renderer passes raw HTML through: results.json's text is escaped before it.
     results = [{key: html.escape(value) if isinstance(value, str) else value for key, value in row.items()}
                for row in reference_results()]
     table = markdown2html_mistune(results_table(results, link="#{name}"))
+    sweeps = [dict(sweep, sweep=html.escape(sweep["sweep"]), devices=[html.escape(d) for d in sweep["devices"]])
+              for sweep in published_sweeps()]
+    if sweeps:  # what the runs the notebooks compare from cost to train
+        table += markdown2html_mistune(sweeps_table(sweeps))
     sections = []
     for name in names:
         items = "".join(f'<li><a href="{_attribute(quote(f"{name}/{page.stem}.html"))}">'
