@@ -156,6 +156,14 @@ def test_the_published_notebooks_name_no_folder_of_the_machine_they_ran_on(path)
     assert not found, f"cells {sorted({index for index, _ in found})} name {found[0][1]}..."
 
 
+@pytest.mark.parametrize("sweep", sorted(p for p in (REF.REFERENCE_DIR / "records").glob("*") if p.is_dir()),
+                         ids=lambda p: p.name)
+def test_the_published_records_name_no_folder_of_the_machine_they_ran_on(sweep):
+    found = [f"{path.parent.name}: {match.group(0)}" for path in sorted(sweep.glob("*/config.json"))
+             for match in MACHINE_PATH.finditer(path.read_text())]
+    assert not found, f"{len(found)} config.json name a folder of the machine, e.g. {found[0]}"
+
+
 def test_a_site_replaces_only_a_folder_a_previous_build_made(tmp_path, monkeypatch):
     monkeypatch.setattr(REF, "REFERENCE_DIR", tmp_path / "reference")
     _reference(tmp_path / "reference", RESULTS)
