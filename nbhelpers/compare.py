@@ -96,6 +96,11 @@ class Setting:
     runs: list[RunSummary]
 
     @property
+    def config(self) -> dict[str, Any]:
+        """The configuration its runs share (rand_seed aside: that is the first run's)."""
+        return self.runs[0].config
+
+    @property
     def finals(self) -> list[float]:
         return [run.final_acc for run in self.runs]
 

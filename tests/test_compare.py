@@ -64,6 +64,7 @@ def test_settings_group_the_seeds_of_each_setting_and_the_table_gives_mean_and_s
     settings = C.group_settings(load_runs(list(reversed(folders))))
     assert [s.label for s in settings] == ["sgd, batch", "ranger, epoch", "ranger, batch"]
     assert [len(s.runs) for s in settings] == [1, 3, 3] and math.isnan(settings[0].sd)
+    assert settings[2].config["optimizer"] == "ranger" and settings[2].config["scheduler_step"] == "batch"
     table = C.markdown_table(settings).splitlines()
     assert table[0].startswith("| optimizer, scheduler_step | seeds | epochs | final test acc. (%), mean ± sd")
     assert table[4] == "| ranger, batch | 3 | 3 | 62.00 ± 2.00 | 60.00, 62.00, 64.00 | 2.0, 2.0, 2.0 |"
