@@ -35,10 +35,12 @@ sweep: $(STAMP) ## the sweep 05 compares, 5 seeds a setting, resumable (SWEEP=pa
 # The seed's question at the seed's step count: Ranger and AdamW, each stepped per batch and per
 # epoch, 3 seeds each (12 runs of 23,460 steps at the size long on a CPU: hours, resumable; full on a GPU).
 # Each finished run's records go to reference/records/ (commit them: the sweep then goes on elsewhere);
-# notebook 07 reads them.
+# notebook 07 reads them. WORKERS runs go side by side on a CPU, each with its share of the cores
+# (width 8: one thread's step is about as fast as two's, so two runs of a thread each finish more).
+WORKERS ?= 2
 .PHONY: schedule
 schedule: $(STAMP) ## the sweep schedule: Ranger and AdamW per batch and per epoch at the size long, 3 seeds (hours on a CPU)
-	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3 --records reference/records
+	$(PY) -m nbhelpers.jobs.sweep schedule --seeds 3 --records reference/records --workers $(WORKERS)
 
 # Notebook 05, twice: the optimizers sweep and Ranger's parts, each setting over 5 seeds
 # (40 + 20 runs of the size small on a CPU; Ranger per batch is trained in both).

@@ -167,6 +167,30 @@ def test_with_several_gpus_runs_go_one_per_gpu_at_a_time(monkeypatch, tmp_path):
     assert set(seen.values()) == {"0", "1"}
 
 
+def test_cpu_workers_run_side_by_side_each_with_its_share_of_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(S, "_visible_gpus", lambda: [])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    threads, lock, both = [], threading.Lock(), threading.Barrier(2, timeout=5)
+
+    def fake_run(entry, env, echo):
+        with lock:
+            threads.append(env["OMP_NUM_THREADS"])
+        both.wait()  # returns only while two runs are in progress at once
+        return "ran"
+
+    monkeypatch.setattr(S, "run_entry", fake_run)
+    sweep = _sweep(tmp_path, "", **{f"run{i}": SMALL for i in range(4)})
+    assert S.run_sweep(sweep, cpu_workers=2) == {f"run{i}": "ran" for i in range(4)}
+    assert threads == ["2"] * 4
+    with pytest.raises(S.SweepError, match="workers must be a whole number of at least 1, not 0"):
+        S.run_sweep(sweep, cpu_workers=0)
+    monkeypatch.setattr(S, "_cuda_available", lambda: True)  # one GPU: _visible_gpus says [], runs go one by one
+    monkeypatch.setattr(S, "run_entry", lambda entry, env, echo: "ran" if env is None else "pinned")
+    said = []
+    assert set(S.run_sweep(sweep, cpu_workers=2, echo=said.append).values()) == {"ran"}
+    assert said == ["2 CPU workers asked for, but a GPU is here: its runs go one at a time"]
+
+
 def test_the_schedule_sweep_is_ranger_and_adamw_per_batch_and_per_epoch_at_long_on_a_cpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     sweep = S.make_sweep("schedule", seeds=3)

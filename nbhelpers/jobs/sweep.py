@@ -5,6 +5,7 @@
     python -m nbhelpers.jobs.sweep optimizers --commands   # the papermill command of each run
     python -m nbhelpers.jobs.sweep optimizers --index 3    # only run 3 (e.g. a cluster job array's task)
     python -m nbhelpers.jobs.sweep optimizers --records reference/records   # and publish each run's records
+    python -m nbhelpers.jobs.sweep schedule --workers 2    # on a CPU: two runs side by side, a core each
 
 Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
 
@@ -14,7 +15,8 @@ Each run is one ordinary papermill execution of notebooks/03_train.ipynb:
 
 Running the sweep again skips finished runs and resumes interrupted ones from their
 last checkpoint (-p resume True), so it is safe to stop and start. Runs go one after
-another; with several GPUs, one per GPU at a time (CUDA_VISIBLE_DEVICES).
+another; with several GPUs, one per GPU at a time (CUDA_VISIBLE_DEVICES); on a CPU
+with --workers N, N side by side, each with its share of the cores (OMP_NUM_THREADS).
 
 With --records DIR, each finished run's records (config.json, history.csv,
 steps.csv, branch_weights.csv: no weights) are copied to DIR/<sweep>-<size>/<run>/,
@@ -332,13 +334,21 @@ def publish_finished(sweep: Sweep, echo=print) -> int:
     return len(finished)
 
 
-def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[str, str]:
-    """Run every entry that is not finished: one after another, or one per GPU at a time.
+def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print, cpu_workers: int = 1) -> dict[str, str]:
+    """Run every entry that is not finished: one after another, or one per GPU at a time, or
+    without GPUs `cpu_workers` side by side, each with its share of the CPU's cores.
 
-    A failed run does not stop the others; the SweepError at the end names each failure.
+    A narrow model's step uses two cores little better than one (benchmarks/RESULTS.md:
+    at width 8 one thread's step takes about as long as two threads'), so two runs of one
+    thread each finish about twice the runs in the time. A failed run does not stop the
+    others; the SweepError at the end names each failure.
     """
     gpus = _visible_gpus() if gpus is None else gpus
-    workers = gpus or [None]  # None: the device this process sees, one run at a time
+    # None: the device this process sees, one run at a time, as many threads as torch picks
+    workers = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus] or _cpu_workers(cpu_workers)
+    if not gpus and len(workers) > 1 and _cuda_available():
+        echo(f"{cpu_workers} CPU workers asked for, but a GPU is here: its runs go one at a time")
+        workers = [None]
     pending: queue.Queue[Entry] = queue.Queue()
     for entry in sweep.entries:
         pending.put(entry)
@@ -346,8 +356,8 @@ def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[s
     failures: list[str] = []
     lock = threading.Lock()
 
-    def work(gpu: str | None) -> None:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu) if gpu is not None else None
+    def work(pinned: dict[str, str] | None) -> None:
+        env = dict(os.environ, **pinned) if pinned is not None else None
         while True:
             try:
                 entry = pending.get_nowait()
@@ -366,7 +376,7 @@ def run_sweep(sweep: Sweep, gpus: list[str] | None = None, echo=print) -> dict[s
         if len(workers) == 1:
             work(workers[0])
         else:
-            threads = [threading.Thread(target=work, args=(gpu,), daemon=True) for gpu in workers]
+            threads = [threading.Thread(target=work, args=(pinned,), daemon=True) for pinned in workers]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -458,10 +468,25 @@ def _clear_a_start_without_epochs(run_dir: Path) -> None:
                          "this entry again.")
 
 
-def _visible_gpus() -> list[str]:
+def _cpu_workers(count: int) -> list[dict[str, str] | None]:
+    """`count` workers, each told to use its share of the cores (OMP_NUM_THREADS, which torch reads)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SweepError(f"workers must be a whole number of at least 1, not {count!r}")
+    if count == 1:
+        return [None]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [{"OMP_NUM_THREADS": str(max(1, cores // count))} for _ in range(count)]
+
+
+def _cuda_available() -> bool:
     import torch
-    if not torch.cuda.is_available():
+    return torch.cuda.is_available()
+
+
+def _visible_gpus() -> list[str]:
+    if not _cuda_available():
         return []
+    import torch
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
     return ids if len(ids) > 1 else []  # one GPU: no need to pin anything
@@ -527,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", help="where the runs go (default: runs/<sweep>-<size>)")
     parser.add_argument("--records", help="publish each finished run's records in RECORDS/<sweep>-<size>/<run>/ "
                         "(no weights; e.g. reference/records), and train no run published there")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="without GPUs: this many runs side by side, each with cores / WORKERS threads "
+                             "(e.g. 2 on two cores: a narrow model's runs finish about twice as fast in all)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--list", action="store_true", help="list the runs and their state")
     action.add_argument("--commands", action="store_true",
@@ -559,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
             run_entry(sweep.entries[args.index])
         else:
             print(f"{sweep.name}: {len(sweep.entries)} runs", flush=True)
-            run_sweep(sweep, echo=lambda text: print(text, flush=True))
+            run_sweep(sweep, echo=lambda text: print(text, flush=True), cpu_workers=args.workers)
     except SweepError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
