@@ -49,7 +49,8 @@ def test_environment_yml_describes_the_same_packages_as_pyproject():
 def test_pyproject_citation_and_changelog_name_the_same_version():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == version
-    newest = re.search(r"^## \[(.+?)\]", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    # Keep a Changelog: an [Unreleased] section on top gathers what the next release will say
+    newest = re.search(r"^## \[(?!Unreleased\])(.+?)\]", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
     assert newest == version, "CHANGELOG.md's newest release is not pyproject.toml's version"
 
 
