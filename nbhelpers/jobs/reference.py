@@ -164,9 +164,10 @@ def published_sweeps(records: Path | None = None) -> list[dict[str, Any]]:
         runs = [run for run in sorted(folder.iterdir()) if (run / "config.json").is_file()]
         if not runs:
             continue
-        seconds = [sum(row["seconds"] for row in read_history(run)) for run in runs]
+        histories = [read_history(run) for run in runs]
+        seconds = [sum(row["seconds"] for row in history) for history in histories]
         sweeps.append({"sweep": folder.name, "runs": len(runs),
-                       "epochs": sorted({len(read_history(run)) for run in runs}),
+                       "epochs": sorted({len(history) for history in histories}),
                        "devices": sorted({read_config(run)["device"] for run in runs}),
                        "seconds": seconds})
     return sweeps
