@@ -9,8 +9,11 @@
     bf16 autocast, channels_last and torch.compile where the device is CUDA
     (on a CPU: channels_last, and bf16 where the CPU has it natively), Ranger
     on flat buffers, sums kept on the device;
-(c) on a CPU also nbhelpers' former CPU default (fp32, NCHW) and the precision
-    "auto" did not choose, to show what the per-CPU choice gains.
+(c) on a CPU also nbhelpers' former CPU default (fp32, NCHW), the default as
+    it was before issue 27 (every batch norm in channels_last, also where two
+    threads share its cache lines: nbhelpers.model.batch_norm), and the
+    precision "auto" did not choose (--skip-other-precision leaves it out), to
+    show what each choice gains.
 The rows of (b) and (c) are timed in alternation in one process (a slow phase
 of a shared machine hits all of them), and each row's figure is the median of
 the repeats. It prints the ratios, the TFLOP/s of each, and the fraction of
@@ -23,6 +26,7 @@ inside the training loop (torch.cuda.set_sync_debug_mode). Results go to
 benchmarks/results/.
 """
 import argparse
+import contextlib
 import os
 import time
 import warnings
@@ -32,9 +36,10 @@ import torch.nn.functional as F
 
 from common import (cifar10, compare, machine, seed_train_loader, synchronize, training_step,
                     write_results)
+from nbhelpers import model as model_module
 from nbhelpers.config import build_model, make_config
 from nbhelpers.model import count_flops
-from nbhelpers.runtime import pick_device, seed_everything
+from nbhelpers.runtime import cpu_has_fast_bf16, pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
 from nbhelpers.evaluation import evaluate
 from nbhelpers.train import build_scheduler, train_epoch
@@ -100,12 +105,35 @@ OLD_CPU_DEFAULT = dict(precision="fp32", channels_last=False)
 LONG_STEPS, LONG_EVALUATIONS = 23_460, 60
 
 
-def nbhelpers_training(width, batch, steps, device, data, **overrides) -> dict:
+@contextlib.contextmanager
+def batch_norm_in_its_input_layout():
+    """The model as it was before issue 27: every batch norm in its input's layout (channels_last)."""
+    saved = model_module.CACHE_LINE_FLOATS
+    model_module.CACHE_LINE_FLOATS = 0  # no channel count is below it: nbhelpers.model.batch_norm never switches
+    try:
+        yield
+    finally:
+        model_module.CACHE_LINE_FLOATS = saved
+
+
+# A row named here runs inside its context manager; the others as nbhelpers runs them.
+ROW_CONTEXTS = {"bn_channels_last": batch_norm_in_its_input_layout}
+
+
+def nbhelpers_training(width, batch, steps, device, data, context=contextlib.nullcontext, **overrides) -> dict:
     """fit's training loop at `width` on CIFAR-10's first images, and the evaluation of its test set."""
     training = training_step(width, batch, steps, device, data.train, **overrides)
     chosen, step_model = training["chosen"], training["step_model"]
-    training["evaluation"] = lambda: evaluate(step_model, data.test, device, chosen["precision"],
-                                              chosen["channels_last"])
+    train = training["epoch"]
+
+    def epoch():
+        with context():
+            return train()
+
+    def evaluation():
+        with context():
+            return evaluate(step_model, data.test, device, chosen["precision"], chosen["channels_last"])
+    training.update(epoch=epoch, evaluation=evaluation)
     return training
 
 
@@ -146,7 +174,8 @@ def nbhelpers_rows(rows: dict[str, dict], width, batch, steps, device, data, rep
     oneDNN's and cuDNN's choices, the allocator's growth); each figure is the
     median of the repeats.
     """
-    built = {name: nbhelpers_training(width, batch, steps, device, data, **overrides)
+    built = {name: nbhelpers_training(width, batch, steps, device, data,
+                                      ROW_CONTEXTS.get(name, contextlib.nullcontext), **overrides)
              for name, overrides in rows.items()}
     epochs = compare({name: b["epoch"] for name, b in built.items()}, device, repeats=repeats, warmup=1,
                      clock=clock)
@@ -170,6 +199,9 @@ def main() -> None:
                              "what other programs on a shared machine take is left out)")
     parser.add_argument("--skip-seed", action="store_true", help="only nbhelpers' path")
     parser.add_argument("--only-default", action="store_true", help="on a CPU, no rows to compare with")
+    parser.add_argument("--skip-other-precision", action="store_true",
+                        help="on a CPU, no row for the precision 'auto' did not choose (bf16 is slow where "
+                             "it is emulated)")
     args = parser.parse_args()
     device = pick_device(args.device)
     if args.threads:
@@ -182,7 +214,10 @@ def main() -> None:
         parser.error("--cpu-time times CPU work only: use it on a CPU with --skip-seed "
                      "(the seed's DataLoader works in other processes)")
     clock = time.process_time if args.cpu_time else time.perf_counter
-    peaks = {dtype: matmul_rate(device, getattr(torch, dtype), clock) for dtype in ("bfloat16", "float32")}
+    # A CPU without native bf16 emulates it at a few GFLOP/s: its "rate" would take minutes to
+    # measure and say nothing (no step runs in bf16 there), so it is left out.
+    native = ("bfloat16", "float32") if cuda or cpu_has_fast_bf16() else ("float32",)
+    peaks = {dtype: matmul_rate(device, getattr(torch, dtype), clock) for dtype in native}
     for width in args.widths or [1024 if cuda else 32]:
         run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock)
 
@@ -197,8 +232,8 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
                "clock": "cpu" if args.cpu_time else "wall",
                "batch": args.batch, "steps": steps, "gflop_per_image_step": flops["train_step"] / 1e9,
                "gflop_per_step": flop_per_step / 1e9,
-               "matmul_tflops": peaks["bfloat16"] / 1e12, "matmul_dtype": "bfloat16",
-               "matmul_tflops_fp32": peaks["float32"] / 1e12}
+               "matmul_tflops": peaks["bfloat16"] / 1e12 if "bfloat16" in peaks else None,
+               "matmul_dtype": "bfloat16", "matmul_tflops_fp32": peaks["float32"] / 1e12}
     rows = {"default": {}}
     if not cuda and not args.only_default:
         # What "auto" gained on this CPU over the fp32 NCHW default it replaced, and
@@ -206,12 +241,15 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
         chosen = make_config().resolved(device)
         other = "fp32" if chosen["precision"] == "bf16" else "bf16"
         rows["old_cpu_default"] = OLD_CPU_DEFAULT
-        rows[f"{other}_nhwc"] = dict(precision=other, channels_last=True)
+        # The default before issue 27's change: a narrow batch norm in channels_last on every thread count.
+        rows["bn_channels_last"] = {}
+        if not args.skip_other_precision:
+            rows[f"{other}_nhwc"] = dict(precision=other, channels_last=True)
     timed = nbhelpers_rows(rows, width, args.batch, steps, device, data, args.repeats, clock)
     for name, row in timed.items():
         training = row.pop("training")
         row["tflops"] = flop_per_step / row["per_step"] / 1e12
-        row["of_matmul_bf16"] = row["tflops"] * 1e12 / peaks["bfloat16"]
+        row["of_matmul_bf16"] = row["tflops"] * 1e12 / peaks["bfloat16"] if "bfloat16" in peaks else None
         row["of_matmul_fp32"] = row["tflops"] * 1e12 / peaks["float32"]
         row["seconds_per_epoch"] = row["per_step"] * steps_per_epoch + row["eval_seconds"]
         row["long_run_minutes"] = (LONG_STEPS * row["per_step"] + LONG_EVALUATIONS * row["eval_seconds"]) / 60
@@ -224,12 +262,16 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
     if "old_cpu_default" in timed:
         results["nbhelpers_old_cpu_default"] = timed["old_cpu_default"]
         results["speedup_vs_old_cpu_default"] = timed["old_cpu_default"]["per_step"] / ours["per_step"]
+    if "bn_channels_last" in timed:
+        results["nbhelpers_bn_channels_last"] = timed["bn_channels_last"]
+        results["speedup_vs_bn_channels_last"] = timed["bn_channels_last"]["per_step"] / ours["per_step"]
     for name in timed:
         if name.endswith("_nhwc"):
             results[f"nbhelpers_{name}"] = timed[name]
     labels = {"default": f"default ({ours['precision']}, {'NHWC' if ours['channels_last'] else 'NCHW'}"
                          f"{', compiled' if ours['compile'] else ''})",
-              "old_cpu_default": "old default (fp32, NCHW)"}
+              "old_cpu_default": "old default (fp32, NCHW)",
+              "bn_channels_last": "before (BN always NHWC)"}
     table = [(labels.get(name, f"not chosen ({name.replace('_nhwc', '')}, NHWC)"), row)
              for name, row in timed.items()]
     if not args.skip_seed:
@@ -241,13 +283,14 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
     results["load_average_after"] = os.getloadavg()
 
     print(f"\n{results['machine']['device']}, width {width}, batch {args.batch}, {steps} timed steps, "
-          f"{flop_per_step / 1e9:.2f} GFLOP a step; matmul {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s in bf16, "
-          f"{peaks['float32'] / 1e9:,.0f} in fp32; {results['clock']} time; "
+          f"{flop_per_step / 1e9:.2f} GFLOP a step; matmul "
+          + (f"{peaks['bfloat16'] / 1e9:,.0f} GFLOP/s in bf16, " if "bfloat16" in peaks else "(no native bf16) ")
+          + f"{peaks['float32'] / 1e9:,.0f} GFLOP/s in fp32; {results['clock']} time; "
           f"load average {results['load_average'][0]:.1f}")
     for name, row in table:
         print(f"{name:<28} {row['per_step'] * 1e3:8.1f} ms/step  {row['per_step'] * steps_per_epoch:7.1f} s/epoch "
-              f"(training)  {row['tflops'] * 1e3:7.1f} GFLOP/s  {row['tflops'] * 1e12 / peaks['bfloat16']:6.1%} of "
-              f"bf16 matmul, {row['tflops'] * 1e12 / peaks['float32']:6.1%} of fp32")
+              f"(training)  {row['tflops'] * 1e3:7.1f} GFLOP/s  "
+              + "".join(f"{row['tflops'] * 1e12 / peak:6.1%} of {dtype} matmul  " for dtype, peak in peaks.items()))
     print(f"nbhelpers: evaluation of {len(data.test):,} images {ours['eval_seconds']:.2f} s; epoch with "
           f"evaluation {ours['seconds_per_epoch']:.1f} s; a `long` run ({LONG_STEPS:,} steps, "
           f"{LONG_EVALUATIONS} evaluations) {ours['long_run_minutes']:.1f} min; overhead outside "
@@ -257,6 +300,9 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
         print(f"speedup vs the seed: {results['speedup_vs_seed']:.2f}x")
     if "speedup_vs_old_cpu_default" in results:
         print(f"speedup vs the old CPU default: {results['speedup_vs_old_cpu_default']:.2f}x")
+    if "speedup_vs_bn_channels_last" in results:
+        print(f"speedup vs the default before issue 27 (batch norm always channels_last): "
+              f"{results['speedup_vs_bn_channels_last']:.2f}x")
     # On a CPU the file names the thread count and the clock: a shared machine's runs differ in both.
     how = "" if cuda else f"_{torch.get_num_threads()}t_{results['clock']}"
     write_results(f"train_step_{device.type}_w{width}{how}", results)

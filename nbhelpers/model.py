@@ -18,7 +18,9 @@ same, but:
   increasing, so max and LeakyReLU commute and the numbers are the same, on
   a 4x smaller tensor;
 - the weighted sum accumulates in place instead of building a new tensor
-  per branch.
+  per branch;
+- on a CPU with several threads, a narrow branch's batch norm runs in NCHW
+  (`batch_norm` says why): the same function, in the layout whose kernel is fast.
 (One convolution with 3x the channels instead of three was tried: under
 torch.compile on a GPU it is no faster; on a CPU its 3x larger activations
 made an fp32 step about 30% slower, and a bf16 one 0.80-1.05x as fast at
@@ -35,17 +37,47 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["conv_branch", "MixingOverride", "MIXINGS", "BasicBlock", "Backbone", "Classifier",
-           "Model", "count_parameters", "LayerRow", "layer_table", "format_layer_table",
+__all__ = ["CACHE_LINE_FLOATS", "batch_norm", "ConvBranch", "MixingOverride", "MIXINGS", "BasicBlock",
+           "Backbone", "Classifier", "Model", "count_parameters", "LayerRow", "layer_table", "format_layer_table",
            "count_flops"]
 
 
-def conv_branch(in_channels: int, out_channels: int) -> nn.Sequential:
+# PyTorch's channels-last batch norm on a CPU sums each thread's share of the pixels into its own
+# row of C floats, the rows side by side in one buffer. With fewer than 16 channels (one 64-byte
+# cache line of floats) two threads' rows share a cache line, and every pixel's update makes the
+# cores take the line from each other ("false sharing"): on two threads of an AMD EPYC, batch norm
+# over 8 channels took 2-4x as long as on one (benchmarks/RESULTS.md). The NCHW kernel has no such
+# buffer, and two copies between the layouts cost less than the fight.
+CACHE_LINE_FLOATS = 16
+
+
+def batch_norm(norm: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
+    """`norm(z)`, run in NCHW where PyTorch's channels-last CPU kernel shares cache lines between threads.
+
+    Only in training (evaluation uses the stored statistics: no per-thread sums), in fp32 (the
+    layout was measured there; bf16 autocast keeps channels_last), with more than one thread,
+    outside torch.compile (it writes its own kernels). The result is channels_last again, as
+    the pooling after it is fast in that layout and slow in NCHW.
+    """
+    if (norm.training and z.device.type == "cpu" and z.dtype == torch.float32
+            and z.shape[1] < CACHE_LINE_FLOATS and torch.get_num_threads() > 1
+            and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+            and not torch.compiler.is_compiling()):
+        return norm(z.contiguous()).contiguous(memory_format=torch.channels_last)
+    return norm(z)
+
+
+class ConvBranch(nn.Sequential):
     """conv3x3 -> BatchNorm -> MaxPool 2x2 -> LeakyReLU (the seed's order, pool moved first)."""
-    # Indices 0 and 1 (conv, BatchNorm) are the seed's, so its keys load as they are.
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-                         nn.BatchNorm2d(out_channels), nn.MaxPool2d(2),
-                         nn.LeakyReLU(inplace=True))
+
+    def __init__(self, in_channels: int, out_channels: int):
+        # Indices 0 and 1 (conv, BatchNorm) are the seed's, so its keys load as they are.
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                         nn.BatchNorm2d(out_channels), nn.MaxPool2d(2), nn.LeakyReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, pool, activation = self
+        return activation(pool(batch_norm(norm, conv(x))))
 
 
 MixingOverride = Callable[[torch.Tensor], torch.Tensor]
@@ -80,7 +112,7 @@ class BasicBlock(nn.Module):
         self.mixing = mixing
         # "equal" mixes with fixed weights: it has nothing to learn, so no linear layer.
         self.linear = nn.Linear(in_channels, num_conv_layer) if mixing != "equal" else None
-        self.convs = nn.ModuleList(conv_branch(in_channels, out_channels)
+        self.convs = nn.ModuleList(ConvBranch(in_channels, out_channels)
                                    for _ in range(num_conv_layer))
         self.mixing_override: MixingOverride | None = None
 

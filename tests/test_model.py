@@ -95,3 +95,58 @@ def test_state_dicts_that_do_not_fit_are_refused_with_the_differences():
         Model(**SMALL).load_seed_state_dict(extra)
     without_dead_branch = {k: v for k, v in seed_state.items() if ".convs.3." not in k}
     Model(**SMALL).load_seed_state_dict(without_dead_branch)  # the dead branch is optional
+
+
+def _layouts_batch_norm_sees(model: Model, images: torch.Tensor, threads: int) -> set[str]:
+    """Train-mode forward and backward at `threads`; the memory layouts the branches' batch norms got."""
+    seen = set()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [n.register_forward_pre_hook(lambda module, args: seen.add(
+        "NCHW" if args[0].is_contiguous() else "NHWC")) for n in norms]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.train()(images).sum().backward()
+    finally:
+        torch.set_num_threads(before)
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("width, threads, expected", [(8, 2, {"NCHW"}), (8, 1, {"NHWC"}), (16, 2, {"NHWC"})])
+def test_a_narrow_batch_norm_runs_in_nchw_only_where_threads_would_share_cache_lines(width, threads, expected):
+    # Fewer than 16 channels and more than one thread: PyTorch's channels-last kernel is slow there
+    # (nbhelpers.model.batch_norm); everywhere else the batch norm keeps its input's layout.
+    torch.manual_seed(0)
+    model = Model(**dict(SMALL, backbone_out_channels=width)).to(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert _layouts_batch_norm_sees(model, images, threads) == expected
+
+
+def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_function():
+    # The layout switch must change nothing but rounding: loss, gradients and BatchNorm's running
+    # statistics as the seed's model computes them in NCHW.
+    sizes = dict(SMALL, backbone_out_channels=8)
+    seed = _seed_model_with_trained_looking_state(**sizes).train()
+    ours = Model(**sizes)
+    ours.load_seed_state_dict(seed.state_dict())
+    ours = ours.to(memory_format=torch.channels_last)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        losses = []
+        for model, inputs in ((seed, images), (ours, images.contiguous(memory_format=torch.channels_last))):
+            torch.manual_seed(5)  # the same dropout masks
+            loss = torch.nn.functional.cross_entropy(model.train()(inputs), labels)
+            loss.backward()
+            losses.append(loss)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    for j in range(3):
+        ours_branch, seed_branch = ours.backbone.blocks[0].convs[j], seed.backbone.blocks[0].convs[j]
+        assert torch.allclose(ours_branch[0].weight.grad, seed_branch[0].weight.grad, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(ours_branch[1].running_var, seed_branch[1].running_var, rtol=1e-5)
+        assert torch.allclose(ours_branch[1].weight.grad, seed_branch[1].weight.grad, rtol=1e-4, atol=1e-6)
