@@ -1,4 +1,6 @@
 """nbhelpers.Model computes the seed's function and reads the seed's checkpoints."""
+import contextlib
+
 import pytest
 import torch
 
@@ -97,18 +99,27 @@ def test_state_dicts_that_do_not_fit_are_refused_with_the_differences():
     Model(**SMALL).load_seed_state_dict(without_dead_branch)  # the dead branch is optional
 
 
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch's CPU threads set to `count` inside, as they were after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _layouts_batch_norm_sees(model: Model, images: torch.Tensor, threads: int) -> set[str]:
     """Train-mode forward and backward at `threads`; the memory layouts the branches' batch norms got."""
     seen = set()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     hooks = [n.register_forward_pre_hook(lambda module, args: seen.add(
         "NCHW" if args[0].is_contiguous() else "NHWC")) for n in norms]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        model.train()(images).sum().backward()
+        with _threads(threads):
+            model.train()(images).sum().backward()
     finally:
-        torch.set_num_threads(before)
         for hook in hooks:
             hook.remove()
     return seen
@@ -133,17 +144,13 @@ def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_funct
     ours.load_seed_state_dict(seed.state_dict())
     ours = ours.to(memory_format=torch.channels_last)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        losses = []
+    losses = []
+    with _threads(2):
         for model, inputs in ((seed, images), (ours, images.contiguous(memory_format=torch.channels_last))):
             torch.manual_seed(5)  # the same dropout masks
             loss = torch.nn.functional.cross_entropy(model.train()(inputs), labels)
             loss.backward()
             losses.append(loss)
-    finally:
-        torch.set_num_threads(before)
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     for j in range(3):
         ours_branch, seed_branch = ours.backbone.blocks[0].convs[j], seed.backbone.blocks[0].convs[j]
