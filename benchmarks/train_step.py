@@ -118,6 +118,9 @@ def batch_norm_in_its_input_layout():
 
 # A row named here runs inside its context manager; the others as nbhelpers runs them.
 ROW_CONTEXTS = {"bn_channels_last": batch_norm_in_its_input_layout}
+# The CPU rows the default's speedup is printed against, and what each is.
+BASELINES = {"old_cpu_default": "the old CPU default",
+             "bn_channels_last": "the default before issue 27 (batch norm always channels_last)"}
 
 
 def nbhelpers_training(width, batch, steps, device, data, context=contextlib.nullcontext, **overrides) -> dict:
@@ -259,12 +262,10 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
             row[f"syncs_in_epoch_of_{steps}_steps"] = host_syncs(training) if cuda else None
     ours = timed["default"]
     results["nbhelpers"] = ours
-    if "old_cpu_default" in timed:
-        results["nbhelpers_old_cpu_default"] = timed["old_cpu_default"]
-        results["speedup_vs_old_cpu_default"] = timed["old_cpu_default"]["per_step"] / ours["per_step"]
-    if "bn_channels_last" in timed:
-        results["nbhelpers_bn_channels_last"] = timed["bn_channels_last"]
-        results["speedup_vs_bn_channels_last"] = timed["bn_channels_last"]["per_step"] / ours["per_step"]
+    for name in BASELINES:
+        if name in timed:
+            results[f"nbhelpers_{name}"] = timed[name]
+            results[f"speedup_vs_{name}"] = timed[name]["per_step"] / ours["per_step"]
     for name in timed:
         if name.endswith("_nhwc"):
             results[f"nbhelpers_{name}"] = timed[name]
@@ -298,11 +299,9 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
           + (f"; host syncs in a {steps}-step epoch: {ours[f'syncs_in_epoch_of_{steps}_steps']}" if cuda else ""))
     if "speedup_vs_seed" in results:
         print(f"speedup vs the seed: {results['speedup_vs_seed']:.2f}x")
-    if "speedup_vs_old_cpu_default" in results:
-        print(f"speedup vs the old CPU default: {results['speedup_vs_old_cpu_default']:.2f}x")
-    if "speedup_vs_bn_channels_last" in results:
-        print(f"speedup vs the default before issue 27 (batch norm always channels_last): "
-              f"{results['speedup_vs_bn_channels_last']:.2f}x")
+    for name, meaning in BASELINES.items():
+        if f"speedup_vs_{name}" in results:
+            print(f"speedup vs {meaning}: {results[f'speedup_vs_{name}']:.2f}x")
     # On a CPU the file names the thread count and the clock: a shared machine's runs differ in both.
     how = "" if cuda else f"_{torch.get_num_threads()}t_{results['clock']}"
     write_results(f"train_step_{device.type}_w{width}{how}", results)
