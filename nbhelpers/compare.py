@@ -249,6 +249,18 @@ def collapsed_runs(settings: Sequence[Setting]) -> list[RunSummary]:
     return [run for setting in settings for run in setting.runs if run.final_acc < CHANCE + NEAR_CHANCE]
 
 
+# Beyond this many seeds a difference is too small for a sweep of this series to chase: the table
+# says so instead of printing a planning figure of thousands (a mean difference near 0 makes it huge).
+SEEDS_WORTH_PLANNING = 100
+
+
+def seeds_to_plan(needed: int | None) -> str:
+    """The "seeds to resolve it" cell: "about N", "over 100" for a difference near 0, "" where unknown."""
+    if needed is None:
+        return ""
+    return f"about {needed}" if needed <= SEEDS_WORTH_PLANNING else f"over {SEEDS_WORTH_PLANNING}"
+
+
 def differences_table(differences: Sequence[SettingDifference]) -> str:
     """A row per difference: its value, its 95% interval, the verdict and the seeds it would need."""
     lines = ["| first | second | seeds | difference (points) | 95% interval | verdict | seeds to resolve it |",
@@ -257,8 +269,7 @@ def differences_table(differences: Sequence[SettingDifference]) -> str:
         interval = difference.interval
         span = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval else ""
         pairing = "paired" if difference.paired else "unpaired"
-        needed = difference.seeds_needed
-        needed = "" if difference.is_real or needed is None else f"about {needed}"
+        needed = "" if difference.is_real else seeds_to_plan(difference.seeds_needed)
         lines.append(f"| {difference.first.label} | {difference.second.label} | {difference.seeds}, {pairing} | "
                      f"{difference.value:+.2f} | {span} | {difference.verdict} | {needed} |")
     return "\n".join(lines)

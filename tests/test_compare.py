@@ -100,6 +100,17 @@ def test_a_difference_is_real_only_where_its_paired_interval_excludes_zero(tmp_p
                        "not resolved with 3 seeds (±4.97) | about 5 |")
 
 
+def test_the_seeds_to_plan_say_over_100_where_a_difference_near_0_would_need_thousands(tmp_path):
+    assert C.seeds_to_plan(5) == "about 5" and C.seeds_to_plan(100) == "about 100"
+    assert C.seeds_to_plan(None) == ""
+    # per-seed differences +1.34, -1.73, +0.38 (the long sweep's AdamW): a mean of -0.0033
+    folders = _seeded_runs(tmp_path, {("adamw", "batch"): [59.36, 56.40, 58.51],
+                                      ("adamw", "epoch"): [58.02, 58.13, 58.13]})
+    [difference] = C.differences_between(C.group_settings(load_runs(folders)), "scheduler_step", "batch", "epoch")
+    assert difference.seeds_needed > 100_000
+    assert C.differences_table([difference]).splitlines()[2].endswith("| over 100 |")
+
+
 def test_runs_with_other_seeds_are_compared_unpaired_with_welchs_interval(tmp_path):
     folders = _seeded_runs(tmp_path, {("ranger", "batch"): [60.0, 62.0, 64.0]})
     folders += [_fake_run(tmp_path / f"sgd-{k}", final, optimizer="sgd", scheduler_step="batch",
