@@ -59,10 +59,11 @@ def batch_norm(norm: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
     outside torch.compile (it writes its own kernels). The result is channels_last again, as
     the pooling after it is fast in that layout and slow in NCHW.
     """
-    if (norm.training and z.device.type == "cpu" and z.dtype == torch.float32
-            and z.shape[1] < CACHE_LINE_FLOATS and torch.get_num_threads() > 1
-            and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
-            and not torch.compiler.is_compiling()):
+    # is_compiling first: torch.get_num_threads() inside a compiled region breaks its graph.
+    if (not torch.compiler.is_compiling() and norm.training and z.device.type == "cpu"
+            and z.dtype == torch.float32 and z.shape[1] < CACHE_LINE_FLOATS
+            and torch.get_num_threads() > 1
+            and z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()):
         return norm(z.contiguous()).contiguous(memory_format=torch.channels_last)
     return norm(z)
 

@@ -135,6 +135,17 @@ def test_a_narrow_batch_norm_runs_in_nchw_only_where_threads_would_share_cache_l
     assert _layouts_batch_norm_sees(model, images, threads) == expected
 
 
+def test_the_narrow_batch_norm_s_checks_leave_a_compiled_model_one_graph():
+    # torch.get_num_threads() inside a compiled region breaks the graph: on a CPU with two threads
+    # `compile=True` ran every branch as a graph of its own, past dynamo's recompile limit.
+    torch.manual_seed(0)
+    model = Model(**dict(SMALL, backbone_out_channels=8)).to(memory_format=torch.channels_last)
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with _threads(2):
+        explained = torch._dynamo.explain(model.train())(images)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
 def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_function():
     # The layout switch must change nothing but rounding: loss, gradients and BatchNorm's running
     # statistics as the seed's model computes them in NCHW.
