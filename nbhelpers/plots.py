@@ -324,9 +324,16 @@ def one_cycle(traces: dict[str, dict[str, Sequence[float]]], steps_per_epoch: in
     return fig
 
 
-def _looks(settings: Sequence) -> dict[str, dict]:
-    """A colour per value of the first parameter that differs, a line style per value of the second."""
+def _looks(settings: Sequence, rows_by_first: bool = False) -> dict[str, dict]:
+    """A colour per value of the first parameter that differs, a line style per value of the second.
+
+    With `rows_by_first` the first parameter already has a row of panels per value, so a colour
+    would say nothing inside a row: the second parameter takes both colour and line style, and
+    settings side by side in a panel differ in both (a dashed line under a dense solid one hides).
+    """
     varying = list(settings[0].varying) if settings and settings[0].varying else []
+    if rows_by_first and len(varying) > 1:
+        varying = varying[1:2] * 2
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ("-", "--", ":", "-.")
 
@@ -386,12 +393,12 @@ def run_comparison(settings: Sequence) -> Figure:
 
     `settings` are nbhelpers.compare.Setting. In a row, each setting has its
     colour and line style (by the second parameter that differs, e.g. per batch
-    solid, per epoch dashed); every seed is a thin line and the setting's mean
+    blue and solid, per epoch orange and dashed), named in both panels' legends; every seed is a thin line and the setting's mean
     over its seeds a thick one, so a seed that goes its own way shows as itself.
     All rows share their axes, so rows compare at a glance.
     """
     panels = _panels_of(settings)
-    looks = _looks(settings)
+    looks = _looks(settings, rows_by_first=True)
     fig, axes = plt.subplots(len(panels), 2, figsize=(13, 2.6 * len(panels) + 0.6), squeeze=False,
                              sharex="col", sharey="col")
     for (name, members), (loss_ax, acc_ax) in zip(panels.items(), axes):
@@ -408,6 +415,7 @@ def run_comparison(settings: Sequence) -> Figure:
                         label=f"{setting.label} ({_seeds(setting)})")
         loss_ax.set_ylabel(f"{name}\ntraining loss (nats)")
         acc_ax.set_ylabel("test accuracy (%)")
+        loss_ax.legend(fontsize=8, loc="upper right")
         acc_ax.legend(fontsize=8, loc="lower right")
         for ax in (loss_ax, acc_ax):
             ax.grid(alpha=0.3)

@@ -153,3 +153,25 @@ def test_the_seed_line_styles_are_named_in_a_legend_and_follow_the_seed_not_the_
     drawn = {line.get_linestyle() for line in softmax_block_0.get_lines() if line.get_marker() == "."}
     assert drawn == {named["rand_seed 5"], named["rand_seed 9"]}
     assert "3 of 4 seeds" in fig._suptitle.get_text()
+
+
+# --------------------------------------------------------------------------
+# 05 and 07: the curves of a sweep, a row per optimizer
+# --------------------------------------------------------------------------
+
+def _setting(optimizer: str, stepping: str) -> SimpleNamespace:
+    history = [dict(epoch=e, train_loss=2.0 / e, test_loss=2.0 / e, test_acc=40.0 + e) for e in (1, 2, 3)]
+    steps = [dict(step=s, epoch=(s + 1) // 2, train_loss=2.0 / s) for s in (1, 2, 3, 4, 5, 6)]
+    runs = [SimpleNamespace(history=history, steps=steps, rand_seed=seed) for seed in (1, 2)]
+    return SimpleNamespace(label=f"{optimizer}, per {stepping}", runs=runs,
+                           varying=dict(optimizer=optimizer, per_batch=stepping))
+
+
+def test_the_steppings_in_a_row_of_the_curves_differ_in_colour_and_are_named_in_both_panels():
+    settings = [_setting(optimizer, stepping) for optimizer in ("ranger", "adamw") for stepping in ("batch", "epoch")]
+    fig = plots.run_comparison(settings)
+    for ax in fig.axes:  # two rows of a loss and an accuracy panel
+        means = [line for line in ax.get_lines() if line.get_linewidth() > 1]
+        assert len({line.get_color() for line in means}) == 2
+        assert len({line.get_linestyle() for line in means}) == 2
+        assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == 2
