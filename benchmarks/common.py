@@ -68,6 +68,12 @@ def random_split(images: int) -> Split:
                  torch.randint(0, 10, (images,), generator=generator))
 
 
+def training_config(width: int, batch: int, **how):
+    """The config the benchmarks train with at `width`: the seed's 60 epochs over all images (so
+    "auto" decides as for a run of that length), the classifier's hidden size scaled with the width."""
+    return make_config(backbone_out_channels=width, hidden_size=max(64, width // 2), batch_size=batch, **how)
+
+
 def training_step(width: int, batch: int, steps: int, device: torch.device, images: Split | None = None,
                   **how) -> dict:
     """fit's training loop at `width`, ready to time: "epoch" runs `steps` training steps.
@@ -77,8 +83,7 @@ def training_step(width: int, batch: int, steps: int, device: torch.device, imag
     random ones; a step's time does not depend on what they show) must hold at
     least steps x batch images; `how` overrides the config's "auto" choices.
     """
-    config = make_config(backbone_out_channels=width, hidden_size=max(64, width // 2),
-                         batch_size=batch, **how)
+    config = training_config(width, batch, **how)
     seed_everything(config.rand_seed)
     _, step_model, optimizer, chosen = build_training(config, device)
     images = images or random_split(steps * batch)
@@ -110,6 +115,21 @@ def seed_train_loader(root: Path, batch_size: int = 128, workers: int = 2) -> to
     dataset = SeedCIFAR10(str(root), train=True, download=False, transform=transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                        num_workers=workers)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> float:
+    """FLOP/s of a large matrix product in `dtype` on this device."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = clock()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size ** 3 * repeats / (clock() - start)
 
 
 def machine(device: torch.device) -> dict:

@@ -10,10 +10,11 @@
     (on a CPU: channels_last, and bf16 where the CPU has it natively), Ranger
     on flat buffers, sums kept on the device;
 (c) on a CPU also nbhelpers' former CPU default (fp32, NCHW), the default as
-    it was before issue 27 (every batch norm in channels_last, also where two
-    threads share its cache lines: nbhelpers.model.batch_norm), and the
-    precision "auto" did not choose (--skip-other-precision leaves it out), to
-    show what each choice gains.
+    it was before issue 27 (eager, every batch norm in channels_last, also
+    where two threads share its cache lines: nbhelpers.model.batch_norm),
+    where "auto" compiles (a narrow fp32 model over the seed's 23,460 steps)
+    the same default eager, and the precision "auto" did not choose
+    (--skip-other-precision leaves it out), to show what each choice gains.
 The rows of (b) and (c) are timed in alternation in one process (a slow phase
 of a shared machine hits all of them), and each row's figure is the median of
 the repeats. It prints the ratios, the TFLOP/s of each, and the fraction of
@@ -34,8 +35,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from common import (cifar10, compare, machine, seed_train_loader, synchronize, training_step,
-                    write_results)
+from common import (cifar10, compare, machine, matmul_rate, seed_train_loader, synchronize,
+                    training_config, training_step, write_results)
 from nbhelpers import model as model_module
 from nbhelpers.config import build_model, make_config
 from nbhelpers.model import count_flops
@@ -43,21 +44,6 @@ from nbhelpers.runtime import cpu_has_fast_bf16, pick_device, seed_everything
 from nbhelpers.seed_reference import SeedModel, SeedRanger
 from nbhelpers.evaluation import evaluate
 from nbhelpers.train import build_scheduler, train_epoch
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> float:
-    """FLOP/s of a large matrix product in `dtype` on this device."""
-    size = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    repeats = 20 if device.type == "cuda" else 5
-    start = clock()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * size ** 3 * repeats / (clock() - start)
 
 
 def seed_path(width: int, batch: int, steps: int, device, root, repeats: int) -> float:
@@ -99,8 +85,8 @@ class ConstantLogits(torch.nn.Module):
         return self.logits.expand(len(images), -1)
 
 
-# Before "auto" chose per CPU, a CPU ran in fp32 with NCHW tensors; kept as a row to compare.
-OLD_CPU_DEFAULT = dict(precision="fp32", channels_last=False)
+# Before "auto" chose per CPU, a CPU ran in fp32 with NCHW tensors, eager; kept as a row to compare.
+OLD_CPU_DEFAULT = dict(precision="fp32", channels_last=False, compile=False)
 # Issue 31's size `long`: the seed's 60 epochs of 391 steps (batch 128, all 50,000 images).
 LONG_STEPS, LONG_EVALUATIONS = 23_460, 60
 
@@ -120,7 +106,8 @@ def batch_norm_in_its_input_layout():
 ROW_CONTEXTS = {"bn_channels_last": batch_norm_in_its_input_layout}
 # The CPU rows the default's speedup is printed against, and what each is.
 BASELINES = {"old_cpu_default": "the old CPU default",
-             "bn_channels_last": "the default before issue 27 (batch norm always channels_last)"}
+             "bn_channels_last": "the default before issue 27 (eager, batch norm always channels_last)",
+             "eager": "the same default eager (not compiled)"}
 
 
 def nbhelpers_training(width, batch, steps, device, data, context=contextlib.nullcontext, **overrides) -> dict:
@@ -244,8 +231,12 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
         chosen = make_config().resolved(device)
         other = "fp32" if chosen["precision"] == "bf16" else "bf16"
         rows["old_cpu_default"] = OLD_CPU_DEFAULT
-        # The default before issue 27's change: a narrow batch norm in channels_last on every thread count.
-        rows["bn_channels_last"] = {}
+        # The default before issue 27's changes: eager, and a narrow batch norm in channels_last
+        # on every thread count.
+        rows["bn_channels_last"] = dict(compile=False)
+        if training_config(width, args.batch).resolved(device)["compile"]:
+            # Where "auto" compiles (a long narrow fp32 run), the same model eager, to show what compiling gains.
+            rows["eager"] = dict(compile=False)
         if not args.skip_other_precision:
             rows[f"{other}_nhwc"] = dict(precision=other, channels_last=True)
     timed = nbhelpers_rows(rows, width, args.batch, steps, device, data, args.repeats, clock)
@@ -272,7 +263,8 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
     labels = {"default": f"default ({ours['precision']}, {'NHWC' if ours['channels_last'] else 'NCHW'}"
                          f"{', compiled' if ours['compile'] else ''})",
               "old_cpu_default": "old default (fp32, NCHW)",
-              "bn_channels_last": "before (BN always NHWC)"}
+              "bn_channels_last": "before (BN always NHWC)",
+              "eager": "default, eager"}
     table = [(labels.get(name, f"not chosen ({name.replace('_nhwc', '')}, NHWC)"), row)
              for name, row in timed.items()]
     if not args.skip_seed:

@@ -43,12 +43,12 @@ import torch
 
 from .errors import ExplainedError
 from .model import MIXINGS, Model
-from .runtime import cpu_has_fast_bf16
+from .runtime import cpu_can_compile, cpu_has_fast_bf16
 
 __all__ = ["AUTO", "OPTIMIZERS", "SIZED", "SIZES", "WHAT", "NOT_CHANGING_THE_NUMBERS", "ConfigError",
            "TrainConfig", "make_config", "check_value", "check_evaluation_parameters",
            "check_injected_parameters", "unknown_names", "pick_size", "chosen_size_line", "build_model",
-           "reached_the_last_epoch", "PAPERMILL_HEADER"]
+           "reached_the_last_epoch", "PAPERMILL_HEADER", "CPU_COMPILE_BELOW_WIDTH", "CPU_COMPILE_FROM_STEPS"]
 
 AUTO = "auto"
 # The choices of `optimizer`; nbhelpers.train.build_optimizer says what each one is.
@@ -112,6 +112,16 @@ def chosen_size_line(size: str, picked: str, device: torch.device) -> str:
             "the seed's full size would take days on a CPU. Another: -p size full (or long, demo, small, tiny).")
 
 
+# torch.compile on a CPU (benchmarks/RESULTS.md, an AMD EPYC without bf16, fp32, channels_last): at
+# width 8 its fused batch norm, pooling and LeakyReLU made a training step 1.44x faster on two
+# threads and 1.14x on one; at widths 16 and 32 it was slower (0.91x, 0.87x), as bf16 was at every
+# width on a Xeon with AMX (0.77-0.83x). Compiling costs 20-45 s once (and again for evaluation),
+# so "auto" compiles only a run that long: 10,000 steps save several times that at width 8.
+CPU_COMPILE_BELOW_WIDTH = 16
+CPU_COMPILE_FROM_STEPS = 10_000
+CIFAR10_TRAIN_IMAGES = 50_000  # what train_subset=0 trains on: the whole training set
+
+
 class ConfigError(ExplainedError, ValueError):
     """A training parameter has a value that is not allowed."""
 
@@ -144,7 +154,7 @@ class TrainConfig:
     # How it runs
     scheduler_step: str = "batch"     # "batch"; "epoch" repeats the seed's once-per-epoch bug
     precision: str = AUTO             # "auto" (bf16 on CUDA and on CPUs where it is faster), "bf16", "fp32"
-    compile: Any = AUTO               # torch.compile the model: "auto" (on for CUDA), True, False
+    compile: Any = AUTO               # torch.compile the model: "auto" (CUDA; long narrow CPU runs), True, False
     channels_last: Any = AUTO         # NHWC memory layout: "auto" (on for CUDA and CPUs), True, False
     deterministic: bool = False       # deterministic cuDNN (the seed's choice; slower)
     resume: bool = False              # continue from run_dir's checkpoint
@@ -169,15 +179,28 @@ class TrainConfig:
         On CUDA: bf16 autocast, channels_last and torch.compile. On a CPU:
         channels_last (its convolutions are about 1.4x faster in NHWC), bf16
         autocast only where it measured faster than fp32 (runtime.cpu_has_fast_bf16),
-        and no compile (slower than eager on the CPUs measured).
+        and torch.compile only where it measured faster and pays for its own
+        minute: fp32, narrower than 16 channels, 10,000 steps or more (the size
+        `long`), on a CPU where it can compile (runtime.cpu_can_compile).
         """
         cuda, cpu = device.type == "cuda", device.type == "cpu"
         fast_bf16 = cuda or (cpu and cpu_has_fast_bf16())
+        precision = ("bf16" if fast_bf16 else "fp32") if self.precision == AUTO else self.precision
         return {
-            "precision": ("bf16" if fast_bf16 else "fp32") if self.precision == AUTO else self.precision,
-            "compile": cuda if self.compile == AUTO else self.compile,
+            "precision": precision,
+            "compile": (cuda or (cpu and self._compile_pays_on_cpu(precision))) if self.compile == AUTO
+            else self.compile,
             "channels_last": (cuda or cpu) if self.channels_last == AUTO else self.channels_last,
         }
+
+    def planned_steps(self) -> int:
+        """Training steps the run takes: epochs x batches (train_subset 0 is CIFAR-10's 50,000 images)."""
+        images = (self.train_subset or CIFAR10_TRAIN_IMAGES) - self.val_size
+        return self.num_epochs * -(-images // self.batch_size)
+
+    def _compile_pays_on_cpu(self, precision: str) -> bool:
+        return (precision == "fp32" and self.backbone_out_channels < CPU_COMPILE_BELOW_WIDTH
+                and self.planned_steps() >= CPU_COMPILE_FROM_STEPS and cpu_can_compile())
 
 
 # Parameters that say where a run's files are or how it runs and reports, not what it

@@ -25,7 +25,10 @@ same, but:
 torch.compile on a GPU it is no faster; on a CPU its 3x larger activations
 made an fp32 step about 30% slower, and a bf16 one 0.80-1.05x as fast at
 widths 8-32 on a Xeon with AMX. Neither torch.compile nor a fused batch
-norm + pooling + LeakyReLU paid there either: benchmarks/cpu_candidates.py.)
+norm + pooling + LeakyReLU paid there either: benchmarks/cpu_candidates.py.
+torch.compile over the whole model does pay in fp32 below 16 channels, where
+its own fused kernels replace the narrow batch norm and pooling: "auto" uses
+it there for long runs, nbhelpers.config.)
 """
 from __future__ import annotations
 

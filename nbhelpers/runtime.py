@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from .errors import ExplainedError
 
 __all__ = ["PROJECT_ROOT", "DATA_DIR", "RUNS_DIR", "FIGURES_DIR", "project_path", "seed_everything",
            "pick_device", "DeviceError", "cpu_flags", "cpu_model", "cpu_vendor",
-           "cpu_has_fast_bf16", "synchronize", "total_memory", "device_name"]
+           "cpu_has_fast_bf16", "cpu_can_compile", "synchronize", "total_memory", "device_name"]
 
 # The checkout this package was installed from (an editable install, as the
 # README sets up). Installed elsewhere, paths fall back to the working folder.
@@ -137,6 +138,16 @@ def cpu_has_fast_bf16() -> bool:
     """
     flags = cpu_flags()
     return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")
+
+
+def cpu_can_compile() -> bool:
+    """Can torch.compile build its CPU kernels here without asking the user for anything?
+
+    Its CPU backend writes C++ and compiles it with $CXX, else g++. It was measured
+    on Linux with g++ only; on macOS it also needs OpenMP installed, and on Windows
+    a Visual Studio shell. So "auto" compiles on a CPU only on Linux with that compiler.
+    """
+    return platform.system() == "Linux" and shutil.which(os.environ.get("CXX") or "g++") is not None
 
 
 def synchronize(device: torch.device) -> None:

@@ -70,6 +70,29 @@ def test_auto_picks_channels_last_on_a_cpu_and_bf16_only_where_it_is_faster(monk
     assert make_config(precision="fp32", channels_last=False).resolved(cpu)["channels_last"] is False
 
 
+def test_auto_compiles_on_a_cpu_only_a_long_narrow_fp32_run_where_it_can(monkeypatch):
+    # Measured faster only in fp32 below 16 channels, and worth its minute of compiling only for
+    # 10,000 steps or more (nbhelpers.config); everywhere else eager, as before.
+    import torch
+    from nbhelpers import config as C
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(C, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(C, "cpu_can_compile", lambda: True)
+    long = make_config(size="long")
+    assert long.planned_steps() == 23_460 and long.resolved(cpu)["compile"] is True
+    assert make_config(size="long", num_epochs=25).planned_steps() == 9_775
+    assert make_config(size="long", num_epochs=25).resolved(cpu)["compile"] is False
+    assert make_config(size="long", num_epochs=26).resolved(cpu)["compile"] is True
+    assert make_config(size="long", backbone_out_channels=16).resolved(cpu)["compile"] is False
+    assert make_config(size="long", precision="bf16").resolved(cpu)["compile"] is False
+    assert make_config(size="long", compile=False).resolved(cpu)["compile"] is False
+    assert make_config(size="long", train_subset=8000).resolved(cpu)["compile"] is False  # 3,780 steps
+    for size in ("demo", "small", "tiny"):
+        assert make_config(size=size).resolved(cpu)["compile"] is False
+    monkeypatch.setattr(C, "cpu_can_compile", lambda: False)  # no C++ compiler: eager
+    assert long.resolved(cpu)["compile"] is False
+
+
 # --- parameters papermill injects (issue: a misspelt -p was silently ignored) ---
 
 PARAMETERS_CELL = 'num_epochs = 60  # passes\nbatch_size = 128\nfigures_dir = "runs/figures"\n'
@@ -100,6 +123,21 @@ def test_bf16_counts_as_fast_where_it_was_measured_faster(monkeypatch, vendor, f
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     monkeypatch.setattr(runtime, "cpu_vendor", lambda: vendor)
     assert runtime.cpu_has_fast_bf16() is fast
+
+
+@pytest.mark.parametrize("system, installed, can", [
+    ("Linux", True, True),
+    ("Linux", False, False),    # $CXX names a compiler that is not installed
+    ("Darwin", True, False),    # macOS: inductor also needs OpenMP installed
+    ("Windows", True, False),   # Windows: a Visual Studio shell
+])
+def test_a_cpu_compiles_only_on_linux_with_the_compiler_inductor_calls(monkeypatch, system, installed, can):
+    import sys
+    from nbhelpers import runtime
+    monkeypatch.setattr(runtime.platform, "system", lambda: system)
+    # Any program that exists stands in for an installed compiler: this Python itself.
+    monkeypatch.setenv("CXX", sys.executable if installed else "no-such-compiler-here")
+    assert runtime.cpu_can_compile() is can
 
 
 # --- the sizes (nbhelpers.config.SIZES) ---
