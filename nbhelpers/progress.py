@@ -19,13 +19,14 @@ import importlib.util
 import io
 import sys
 import time
+from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
 from .config import AUTO
 from .notebook import jupyter_shell
 
-__all__ = ["DRAWING_SHARE", "progress_mode", "epoch_line", "duration", "LONG_RUN", "RunEstimate",
+__all__ = ["DRAWING_SHARE", "progress_mode", "epoch_line", "duration", "after_warm_up", "LONG_RUN", "RunEstimate",
            "curves_png", "LiveCurves", "Progress"]
 
 # Drawing the curves takes a few tenths of a second, in the training loop's thread: at most
@@ -74,6 +75,12 @@ def duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
     return f"{seconds / 86400:.0f} days"
+
+
+def after_warm_up(epochs: Sequence) -> Sequence:
+    """The epochs that time the steady pace: all but the first, which also warms up (allocations,
+    oneDNN's kernels) and, with torch.compile, compiles: half a minute more on a CPU. One alone if one."""
+    return epochs[1:] or epochs
 
 
 # An estimate past this many seconds is said to be more than an afternoon, plainly.
@@ -209,7 +216,8 @@ class Progress:
     def end_epoch(self, history: list[dict[str, float]]) -> None:
         """After each epoch: its line (history[-1]) and the curves; `history` holds every epoch so far."""
         self.epoch_seconds.append(history[-1]["seconds"])
-        left = (self.num_epochs - int(history[-1]["epoch"])) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        paced = after_warm_up(self.epoch_seconds)
+        left = (self.num_epochs - int(history[-1]["epoch"])) * sum(paced) / len(paced)
         self.say(epoch_line(history[-1], self.num_epochs, left))
         if self.curves is not None:
             self.curves.update(history)

@@ -282,3 +282,18 @@ def test_the_gpu_code_paths_train_checkpoint_and_resume_on_a_cpu(synthetic_data,
     assert all(torch.isfinite(v).all() for v in resumed.model.state_dict().values() if v.is_floating_point())
     assert resumed.history[-1]["train_loss"] < resumed.history[0]["train_loss"]
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_the_time_left_leaves_out_the_first_epoch_which_also_compiles(capsys):
+    # A compiled CPU run's first epoch took 47 s (compiling), the next ones 18 s.
+    from nbhelpers import progress as P
+    shown = P.Progress("log", total_steps=60, num_epochs=60)
+    shown.end_epoch([dict(epoch=1, train_loss=2.0, train_acc=20.0, test_loss=1.9, test_acc=28.0, lr=0.004,
+                          seconds=47.0)])
+    shown.end_epoch([dict(epoch=2, train_loss=1.8, train_acc=31.0, test_loss=1.7, test_acc=35.0, lr=0.009,
+                          seconds=18.0)])
+    shown.close()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("about 46 min 13 s left")  # 59 x 47 s: one epoch is all there is to go by
+    assert lines[1].endswith("about 17 min 24 s left")  # 58 x 18 s, not 58 x 32.5 s
+    assert P.after_warm_up([47.0, 18.0, 19.0]) == [18.0, 19.0] and P.after_warm_up([47.0]) == [47.0]
