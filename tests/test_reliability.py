@@ -139,6 +139,18 @@ def test_20_a_resume_on_another_thread_count_keeps_the_runs(synthetic_data, tmp_
     assert info["threads"] == info["resolved"]["threads"] == 1
 
 
+def test_20_a_run_begun_eager_stays_eager_where_auto_would_now_compile(synthetic_data, tmp_path, monkeypatch):
+    # A `long` run interrupted before "auto" compiled on a CPU, resumed after: compiling would draw
+    # other dropout masks from the resumed epoch on, so it keeps what it began with.
+    from nbhelpers.config import TrainConfig
+    training.fit(data=synthetic_data, run_dir=tmp_path / "straight", num_epochs=2, **TINY)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, stop_after=1, **TINY)
+    monkeypatch.setattr(TrainConfig, "_compile_pays_on_cpu", lambda self, precision: True)
+    training.fit(data=synthetic_data, run_dir=tmp_path / "resumed", num_epochs=2, resume=True, **TINY)
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "straight")
+    assert json.loads((tmp_path / "resumed" / R.CONFIG).read_text())["resolved"]["compile"] is False
+
+
 # 5 ---------------------------------------------------------------------------
 def test_5_resuming_a_finished_run_writes_nothing(synthetic_data, finished_run):
     before = _files(finished_run)

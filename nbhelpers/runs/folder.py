@@ -80,10 +80,11 @@ TABLES = {"history": HISTORY, "steps": STEPS, "branch_weights": BRANCH_WEIGHTS}
 # comparisons re-execute from them in seconds on any machine.
 RECORDS = (CONFIG, HISTORY, STEPS, BRANCH_WEIGHTS)
 # 2: the checkpoint also records the data it was trained on; 3: also what the run
-# resolved ("resolved": precision, memory layout, threads) and config.json's contents.
+# resolved ("resolved": precision, memory layout, threads, compile) and config.json's contents.
 CHECKPOINT_FORMAT = 3
-# What a run resolved when it began and keeps when resumed elsewhere: each changes the numbers.
-KEPT_ON_RESUME = ("precision", "channels_last", "threads")
+# What a run resolved when it began and keeps when resumed elsewhere: each changes the numbers
+# (a compiled model draws its dropout masks from its own random numbers, and rounds otherwise).
+KEPT_ON_RESUME = ("precision", "channels_last", "threads", "compile")
 
 
 class RunFolderError(ExplainedError, RuntimeError):

@@ -139,9 +139,9 @@ def settings_for(config: TrainConfig, device: torch.device, point: ResumePoint |
     """What the run trains with: the "auto" choices made for `device`, and on a CPU its thread count.
 
     A resumed run keeps what it resolved when it began (KEPT_ON_RESUME: precision,
-    memory layout, threads), since each of them changes the numbers: resumed on
-    another CPU or with another thread count, it still computes what an
-    uninterrupted run computes. It says so when that differs from this machine's choice.
+    memory layout, threads, compile), since each of them changes the numbers: resumed
+    on another CPU, with another thread count or by a version that compiles where
+    it did not, it still computes what an uninterrupted run computes. It says so when that differs from this machine's choice.
     """
     chosen = config.resolved(device)
     if device.type == "cpu":
