@@ -18,8 +18,8 @@ parameter given explicitly (`-p num_epochs 3`) wins over its size's value.
 | full  | the seed's: width 1024, 60 epochs, all data  | see benchmarks/RESULTS.md (a GPU job; on a CPU  |
 |       |                                              | not measured, and not practical)                |
 | long  | the seed's 23,460 steps on a CPU: width 8,   | width 8 has the fastest CPU step of widths 4-32 |
-|       | 60 epochs, all data (the `schedule` sweep's; | (benchmarks/RESULTS.md): about half an hour per |
-|       | r_t and the schedule depend on the steps)    | run on one loaded Xeon core                     |
+|       | 60 epochs, all data (the `schedule` sweep's; | (benchmarks/RESULTS.md): about 19 minutes a run |
+|       | r_t and the schedule depend on the steps)    | compiled on two AMD EPYC cores, 27 eager        |
 | demo  | `make demo`: width 32, 5 epochs, all data    | about 4 minutes for 03 on two CPU cores         |
 | small | a CPU sweep's run (05, 06): width 32,        | under a minute per run on two CPU cores         |
 |       | 3 epochs, 8,000 / 1,000 images               |                                                 |
