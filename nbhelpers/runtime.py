@@ -5,6 +5,7 @@ so that these decisions are made once, here, and not copied between notebooks.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -145,9 +146,24 @@ def cpu_can_compile() -> bool:
 
     Its CPU backend writes C++ and compiles it with $CXX, else g++. It was measured
     on Linux with g++ only; on macOS it also needs OpenMP installed, and on Windows
-    a Visual Studio shell. So "auto" compiles on a CPU only on Linux with that compiler.
+    a Visual Studio shell. So "auto" compiles on a CPU only on Linux with that
+    compiler, and only once a tiny function compiled and ran: a toolchain that is
+    there but broken (missing headers) leaves the run eager instead of failing it.
     """
-    return platform.system() == "Linux" and shutil.which(os.environ.get("CXX") or "g++") is not None
+    return (platform.system() == "Linux" and shutil.which(os.environ.get("CXX") or "g++") is not None
+            and _compiles_a_probe())
+
+
+@functools.cache
+def _compiles_a_probe() -> bool:
+    """Does torch.compile build and run a tiny CPU function here? (Once a process: a few seconds.)"""
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(x * 2.0).sum()
+
+    try:
+        return torch.compile(probe, dynamic=False)(torch.ones(8)).item() == 16.0
+    except Exception:  # any failure to build is a reason to stay eager, not to stop the run
+        return False
 
 
 def synchronize(device: torch.device) -> None:

@@ -135,9 +135,24 @@ def test_a_cpu_compiles_only_on_linux_with_the_compiler_inductor_calls(monkeypat
     import sys
     from nbhelpers import runtime
     monkeypatch.setattr(runtime.platform, "system", lambda: system)
+    monkeypatch.setattr(runtime, "_compiles_a_probe", lambda: True)
     # Any program that exists stands in for an installed compiler: this Python itself.
     monkeypatch.setenv("CXX", sys.executable if installed else "no-such-compiler-here")
     assert runtime.cpu_can_compile() is can
+
+
+def test_a_compiler_that_is_there_but_cannot_build_leaves_the_run_eager(monkeypatch):
+    import torch
+    from nbhelpers import runtime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("C++ compile error: omp.h: No such file or directory")
+    monkeypatch.setattr(torch, "compile", broken)
+    runtime._compiles_a_probe.cache_clear()
+    try:
+        assert runtime._compiles_a_probe() is False
+    finally:
+        runtime._compiles_a_probe.cache_clear()  # the next caller probes the real torch.compile
 
 
 # --- the sizes (nbhelpers.config.SIZES) ---
