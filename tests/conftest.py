@@ -3,9 +3,18 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from nbhelpers.data import FOLDER, UnofficialCopyWarning, load_cifar10, write_synthetic_cifar10
 from nbhelpers.runtime import DATA_DIR
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count inside a test (call it with a count); restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

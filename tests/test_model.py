@@ -1,6 +1,4 @@
 """nbhelpers.Model computes the seed's function and reads the seed's checkpoints."""
-import contextlib
-
 import pytest
 import torch
 
@@ -99,54 +97,44 @@ def test_state_dicts_that_do_not_fit_are_refused_with_the_differences():
     Model(**SMALL).load_seed_state_dict(without_dead_branch)  # the dead branch is optional
 
 
-@contextlib.contextmanager
-def _threads(count: int):
-    """torch's CPU threads set to `count` inside, as they were after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _layouts_batch_norm_sees(model: Model, images: torch.Tensor, threads: int) -> set[str]:
-    """Train-mode forward and backward at `threads`; the memory layouts the branches' batch norms got."""
+def _layouts_batch_norm_sees(model: Model, images: torch.Tensor) -> set[str]:
+    """Train-mode forward and backward; the memory layouts the branches' batch norms got."""
     seen = set()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     hooks = [n.register_forward_pre_hook(lambda module, args: seen.add(
         "NCHW" if args[0].is_contiguous() else "NHWC")) for n in norms]
     try:
-        with _threads(threads):
-            model.train()(images).sum().backward()
+        model.train()(images).sum().backward()
     finally:
         for hook in hooks:
             hook.remove()
     return seen
 
 
-@pytest.mark.parametrize("width, threads, expected", [(8, 2, {"NCHW"}), (8, 1, {"NHWC"}), (16, 2, {"NHWC"})])
-def test_a_narrow_batch_norm_runs_in_nchw_only_where_threads_would_share_cache_lines(width, threads, expected):
+@pytest.mark.parametrize("width, count, expected", [(8, 2, {"NCHW"}), (8, 1, {"NHWC"}), (16, 2, {"NHWC"})])
+def test_a_narrow_batch_norm_runs_in_nchw_only_where_threads_would_share_cache_lines(width, count, expected,
+                                                                                      threads):
     # Fewer than 16 channels and more than one thread: PyTorch's channels-last kernel is slow there
     # (nbhelpers.model.batch_norm); everywhere else the batch norm keeps its input's layout.
     torch.manual_seed(0)
     model = Model(**dict(SMALL, backbone_out_channels=width)).to(memory_format=torch.channels_last)
     images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    assert _layouts_batch_norm_sees(model, images, threads) == expected
+    threads(count)
+    assert _layouts_batch_norm_sees(model, images) == expected
 
 
-def test_the_narrow_batch_norm_s_checks_leave_a_compiled_model_one_graph():
+def test_the_narrow_batch_norm_s_checks_leave_a_compiled_model_one_graph(threads):
     # torch.get_num_threads() inside a compiled region breaks the graph: on a CPU with two threads
     # `compile=True` ran every branch as a graph of its own, past dynamo's recompile limit.
     torch.manual_seed(0)
     model = Model(**dict(SMALL, backbone_out_channels=8)).to(memory_format=torch.channels_last)
     images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    with _threads(2):
-        explained = torch._dynamo.explain(model.train())(images)
+    threads(2)
+    explained = torch._dynamo.explain(model.train())(images)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
-def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_function():
+def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_function(threads):
     # The layout switch must change nothing but rounding: loss, gradients and BatchNorm's running
     # statistics as the seed's model computes them in NCHW.
     sizes = dict(SMALL, backbone_out_channels=8)
@@ -156,12 +144,12 @@ def test_a_narrow_model_on_two_threads_in_channels_last_computes_the_seeds_funct
     ours = ours.to(memory_format=torch.channels_last)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     losses = []
-    with _threads(2):
-        for model, inputs in ((seed, images), (ours, images.contiguous(memory_format=torch.channels_last))):
-            torch.manual_seed(5)  # the same dropout masks
-            loss = torch.nn.functional.cross_entropy(model.train()(inputs), labels)
-            loss.backward()
-            losses.append(loss)
+    threads(2)
+    for model, inputs in ((seed, images), (ours, images.contiguous(memory_format=torch.channels_last))):
+        torch.manual_seed(5)  # the same dropout masks
+        loss = torch.nn.functional.cross_entropy(model.train()(inputs), labels)
+        loss.backward()
+        losses.append(loss)
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     for j in range(3):
         ours_branch, seed_branch = ours.backbone.blocks[0].convs[j], seed.backbone.blocks[0].convs[j]

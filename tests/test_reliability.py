@@ -44,14 +44,6 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def threads():
-    """Set torch's thread count inside a test; restored afterwards."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def finished_run(synthetic_data, tmp_path) -> Path:
     training.fit(data=synthetic_data, run_dir=tmp_path / "done", num_epochs=2, **TINY)
     return tmp_path / "done"
