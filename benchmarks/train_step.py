@@ -215,8 +215,7 @@ def main() -> None:
 def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -> None:
     cuda = device.type == "cuda"
     with torch.device("meta"):
-        flops = count_flops(build_model(make_config(backbone_out_channels=width,
-                                                    hidden_size=max(64, width // 2))))
+        flops = count_flops(build_model(training_config(width, args.batch)))
     flop_per_step = flops["train_step"] * args.batch
     results = {"machine": machine(device), "load_average": os.getloadavg(), "width": width,
                "clock": "cpu" if args.cpu_time else "wall",
@@ -228,13 +227,13 @@ def run_width(width, args, device, data, steps, steps_per_epoch, peaks, clock) -
     if not cuda and not args.only_default:
         # What "auto" gained on this CPU over the fp32 NCHW default it replaced, and
         # the precision it did not choose (is bf16 faster here, as it assumes or not?).
-        chosen = make_config().resolved(device)
+        chosen = training_config(width, args.batch).resolved(device)
         other = "fp32" if chosen["precision"] == "bf16" else "bf16"
         rows["old_cpu_default"] = OLD_CPU_DEFAULT
         # The default before issue 27's changes: eager, and a narrow batch norm in channels_last
         # on every thread count.
         rows["bn_channels_last"] = dict(compile=False)
-        if training_config(width, args.batch).resolved(device)["compile"]:
+        if chosen["compile"]:
             # Where "auto" compiles (a long narrow fp32 run), the same model eager, to show what compiling gains.
             rows["eager"] = dict(compile=False)
         if not args.skip_other_precision:
